@@ -1,1 +1,26 @@
-fn main(){}
+//! `chartledger`: the one binary. Parses the command line and hands off to a command.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Keys { command: cli::KeysCommand::Generate(args) } => commands::keys::generate(&args),
+        cli::Command::Checkpoint { command: cli::CheckpointCommand::Verify(args) } => {
+            commands::checkpoint::verify(&args)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // Errors here are about files and arguments, never record content.
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -142,7 +142,11 @@ impl LedgerSigningKey {
     pub fn signing_key(&self) -> &SigningKey {
         &self.key
     }
-    //NOTE_SIGNER
+    /// The same key as a C2SP signed-note signer, for checkpoints.
+    pub fn note_signer(&self) -> Result<crate::note::NoteSigner, LedgerError> {
+        crate::note::NoteSigner::new(&self.name, self.key.clone())
+            .map_err(|_| LedgerError::KeyRegistry("invalid key name"))
+    }
 }
 
 /// Why a key was retired.

@@ -11,13 +11,13 @@
 //!   inclusion and consistency proofs planned for storage that fetches nodes itself.
 //! - [`note`] and [`checkpoint`]: C2SP signed notes and tlog checkpoints.
 
+pub mod checkpoint;
 pub mod envelope;
 pub mod error;
 pub mod ids;
 pub mod keys;
-//MODS pub mod merkle;
-//MODS pub mod note;
-//MODS pub mod checkpoint;
+pub mod merkle;
+pub mod note;
 pub mod time;
 pub mod verify;
 

@@ -1,0 +1,61 @@
+//! The command line, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chartledger",
+    version,
+    about = "Event-sourced clinical record with signed, verifiable history"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage ledger signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Work with signed checkpoints (C2SP tlog-checkpoint notes).
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate an Ed25519 ledger signing key and write it to a file readable only by you.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Where to write the private key (created with mode 0600; never overwritten).
+    #[arg(long, short = 'o', default_value = "chartledger-ledger.key")]
+    pub out: PathBuf,
+    /// Key name, used in checkpoint signature lines: conventionally the log origin.
+    #[arg(long, default_value = "chartledger.local/ledger")]
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Verify a signed checkpoint note against one or more trusted verifier keys.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The signed checkpoint note (`-` for standard input).
+    pub file: PathBuf,
+    /// A trusted verifier key (`name+hash+base64`, as printed by `keys generate`). Repeatable.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<String>,
+}
