@@ -87,7 +87,7 @@ fn merkle_1m(c: &mut Criterion) {
     let old_root = tree.root_at(old).unwrap();
     let mut g = c.benchmark_group("merkle_1e6");
     g.throughput(Throughput::Elements(1));
-    let i = 123_457;
+    let i: u64 = 123_457;
     let leaf = merkle::leaf_hash(&i.to_le_bytes());
     let proof = tree.inclusion_proof(i, N).unwrap();
     g.bench_function("inclusion_proof_generate", |x| x.iter(|| tree.inclusion_proof(i, N).unwrap()));
