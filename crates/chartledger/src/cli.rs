@@ -27,6 +27,31 @@ pub enum Command {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+    /// Work with the ledger in PostgreSQL.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Re-check every signature, hash link, payload commitment, key validity, Merkle node
+    /// and signed checkpoint; exit non-zero at the first bad position.
+    Verify(LedgerVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerVerifyArgs {
+    /// PostgreSQL connection URL of the ledger database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// A trusted ledger key (verifier key `name+hash+base64`); the registry must contain one. Repeatable.
+    #[arg(long = "trusted-key")]
+    pub trusted_keys: Vec<String>,
+    /// Start after this trusted checkpoint (tree size) instead of position 0.
+    #[arg(long)]
+    pub from_checkpoint: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

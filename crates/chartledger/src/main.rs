@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         cli::Command::Checkpoint { command: cli::CheckpointCommand::Verify(args) } => {
             commands::checkpoint::verify(&args)
         }
+        cli::Command::Ledger { command: cli::LedgerCommand::Verify(args) } => commands::ledger::verify(&args),
     };
     match result {
         Ok(code) => code,

@@ -2,3 +2,4 @@
 
 pub mod checkpoint;
 pub mod keys;
+pub mod ledger;

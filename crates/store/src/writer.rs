@@ -1,0 +1,685 @@
+//! The single writer: group commit of concurrent appends, gapless positions in commit
+//! order, hash links, Merkle nodes, and recovery after connection loss.
+//!
+//! One task owns one dedicated connection that holds the ledger's session advisory lock,
+//! so it is the only writer of the ledger (across processes too). Requests queue on a
+//! channel; the task drains everything queued (up to `max_batch_events`), validates each
+//! request against the in-memory stream heads, signs the new events (in parallel across
+//! streams), and inserts the whole batch in one transaction: one COMMIT, one WAL flush.
+//! Callers are answered only after COMMIT returned (synchronous_commit on).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger::envelope::{EventBody, Payload, GENESIS_PREV_HASH};
+use ledger::merkle::{self, Frontier};
+use ledger::{Hash, KeyId, LedgerSigningKey, SignedEvent, StreamId, Timestamp};
+use rayon::prelude::*;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::nodes::fetch_nodes;
+use crate::types::{AppendResult, ExpectedRevision, ProposedEvent};
+use crate::{to_offset, Head, StoreConfig};
+
+/// Advisory lock key held by the ledger's writer ("CHLEDGER").
+pub(crate) const WRITER_LOCK: i64 = 0x4348_4c45_4447_4552;
+/// NOTIFY channel carrying the new head after each commit.
+pub(crate) const NOTIFY_CHANNEL: &str = "chartledger_events";
+
+pub(crate) struct AppendRequest {
+    pub stream: StreamId,
+    pub expected: ExpectedRevision,
+    pub events: Vec<ProposedEvent>,
+    pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// What the writer knows about the ledger. Reloaded from the database after any doubt.
+pub(crate) struct LedgerState {
+    pub head: u64,
+    pub frontier: Frontier,
+    pub last_micros: i64,
+}
+
+pub(crate) struct Writer {
+    pub conn: Option<PgConnection>,
+    pub connect: PgConnectOptions,
+    pub key: Arc<LedgerSigningKey>,
+    pub state: LedgerState,
+    /// Last revision and hash of recently written streams.
+    pub heads: HashMap<StreamId, (u64, Hash)>,
+    pub rx: mpsc::Receiver<AppendRequest>,
+    pub head_tx: watch::Sender<Head>,
+    pub config: StoreConfig,
+}
+
+/// Connect, take the writer lock (waiting for another writer to go away), load the state.
+pub(crate) async fn connect_writer(
+    opts: &PgConnectOptions,
+) -> Result<(PgConnection, LedgerState), StoreError> {
+    let mut conn = PgConnection::connect_with(opts).await?;
+    sqlx::query("SET synchronous_commit = on").execute(&mut conn).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(WRITER_LOCK).execute(&mut conn).await?;
+    let state = load_state(&mut conn).await?;
+    Ok((conn, state))
+}
+
+/// Head, Merkle frontier and last recorded time, from the database.
+pub(crate) async fn load_state(conn: &mut PgConnection) -> Result<LedgerState, StoreError> {
+    let row = sqlx::query("SELECT position, recorded_at FROM ledger_events ORDER BY position DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (head, last_micros) = match row {
+        None => (0, i64::MIN),
+        Some(r) => {
+            let p: i64 = r.try_get("position")?;
+            let t: time::OffsetDateTime = r.try_get("recorded_at")?;
+            (p as u64 + 1, crate::from_offset(t))
+        }
+    };
+    let parts = Frontier::node_ids(head);
+    let found = fetch_nodes(&mut *conn, &parts).await?;
+    let hashes = parts
+        .iter()
+        .map(|n| {
+            found.get(n).copied().ok_or(StoreError::Corrupt { position: head, reason: "missing Merkle node" })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let frontier = Frontier::from_parts(head, hashes)
+        .map_err(|_| StoreError::Corrupt { position: head, reason: "inconsistent Merkle frontier" })?;
+    Ok(LedgerState { head, frontier, last_micros })
+}
+
+/// How the writer settles one request of a batch.
+enum Plan {
+    /// New events at `rows[range]`.
+    Write {
+        first_row: usize,
+        count: usize,
+    },
+    /// Every event was stored before: answer with the original result.
+    Replay(AppendResult),
+    /// Same ids as request `i` of this batch, same content: answer with its result.
+    ReplayOf(usize),
+    Fail(StoreError),
+}
+
+/// A new event before signing.
+struct Draft {
+    position: u64,
+    stream: StreamId,
+    revision: u64,
+    proposed_index: (usize, usize),
+    payload: Payload,
+}
+
+/// A row ready to insert.
+struct NewRow {
+    position: u64,
+    event: SignedEvent,
+    payload: Payload,
+    merkle_nodes: Vec<u8>,
+}
+
+/// An event already stored, for idempotency checks.
+struct Existing {
+    position: u64,
+    event: SignedEvent,
+    payload: Option<Vec<u8>>,
+}
+
+impl Writer {
+    pub(crate) async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let mut n = first.events.len();
+            let mut batch = vec![first];
+            while n < self.config.max_batch_events {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        n += r.events.len();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+        tracing::debug!("writer stopped: all store handles dropped");
+    }
+
+    async fn process(&mut self, batch: Vec<AppendRequest>) {
+        if let Err(e) = self.ensure_connected().await {
+            tracing::warn!(error = %e, "writer cannot reach the database");
+            for r in batch {
+                let _ = r.reply.send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
+            }
+            return;
+        }
+        let plans = match self.plan(&batch).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "append planning failed");
+                self.conn = None;
+                for r in batch {
+                    let _ = r.reply.send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
+                }
+                return;
+            }
+        };
+        let (plans, rows, frontier) = plans;
+        let outcome = if rows.is_empty() { Ok(()) } else { self.commit(&rows).await };
+        match outcome {
+            Ok(()) => self.settle(batch, plans, rows, frontier),
+            Err(e) => self.recover(batch, plans, rows, frontier, e).await,
+        }
+    }
+
+    async fn ensure_connected(&mut self) -> Result<(), StoreError> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let (conn, state) = connect_writer(&self.connect).await?;
+        self.conn = Some(conn);
+        self.state = state;
+        self.heads.clear();
+        Ok(())
+    }
+
+    /// Validate every request, assign positions and revisions, sign, and build the rows.
+    #[allow(clippy::type_complexity)]
+    async fn plan(
+        &mut self,
+        batch: &[AppendRequest],
+    ) -> Result<(Vec<Plan>, Vec<NewRow>, Frontier), StoreError> {
+        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        // Idempotency: which ids already exist?
+        let ids: Vec<Uuid> = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+        let existing = load_existing(conn, &ids).await?;
+        // Stream heads not in the cache.
+        let missing: Vec<String> = batch
+            .iter()
+            .filter(|r| !self.heads.contains_key(&r.stream))
+            .map(|r| r.stream.as_str().to_owned())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() {
+            let rows = sqlx::query(
+                "SELECT DISTINCT ON (stream_id) stream_id, stream_revision, event_hash FROM ledger_events \
+                 WHERE stream_id = ANY($1) ORDER BY stream_id, stream_revision DESC",
+            )
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await?;
+            for r in rows {
+                let s: String = r.try_get("stream_id")?;
+                let rev: i64 = r.try_get("stream_revision")?;
+                let h: Vec<u8> = r.try_get("event_hash")?;
+                let h: Hash =
+                    h.try_into().map_err(|_| StoreError::Corrupt { position: 0, reason: "hash length" })?;
+                let s = StreamId::new(s)?;
+                self.heads.insert(s, (rev as u64, h));
+            }
+        }
+
+        // Revisions as they will be after the requests planned so far.
+        let mut tentative: HashMap<&StreamId, Option<u64>> = HashMap::new();
+        let mut seen_in_batch: HashMap<Uuid, usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(batch.len());
+        let mut drafts: Vec<Draft> = Vec::new();
+        let mut next_pos = self.state.head;
+        let mut rng = rand_core::OsRng;
+        for (ri, req) in batch.iter().enumerate() {
+            let plan = self.plan_one(ri, req, batch, &existing, &mut seen_in_batch, &mut tentative);
+            let plan = match plan {
+                Some(p) => p,
+                None => {
+                    // Write: assign positions and revisions.
+                    let base = tentative
+                        .get(&req.stream)
+                        .copied()
+                        .unwrap_or_else(|| self.heads.get(&req.stream).map(|h| h.0));
+                    let first_row = drafts.len();
+                    let mut rev = base.map_or(0, |r| r + 1);
+                    let mut payload_err = None;
+                    for (ei, e) in req.events.iter().enumerate() {
+                        match Payload::new(e.payload.clone(), &mut rng) {
+                            Ok(payload) => drafts.push(Draft {
+                                position: next_pos,
+                                stream: req.stream.clone(),
+                                revision: rev,
+                                proposed_index: (ri, ei),
+                                payload,
+                            }),
+                            Err(err) => {
+                                payload_err = Some(err);
+                                break;
+                            }
+                        }
+                        next_pos += 1;
+                        rev += 1;
+                    }
+                    if let Some(err) = payload_err {
+                        next_pos -= (drafts.len() - first_row) as u64;
+                        drafts.truncate(first_row);
+                        Plan::Fail(err.into())
+                    } else {
+                        tentative.insert(&req.stream, Some(rev - 1));
+                        for e in &req.events {
+                            seen_in_batch.insert(e.event_id, ri);
+                        }
+                        Plan::Write { first_row, count: req.events.len() }
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+
+        // Sign: chains per stream, in parallel across streams.
+        let now = Timestamp::from_micros(crate::now_micros().max(self.state.last_micros));
+        let key = Arc::clone(&self.key);
+        let mut chains: HashMap<&StreamId, Vec<usize>> = HashMap::new();
+        for (i, d) in drafts.iter().enumerate() {
+            chains.entry(&d.stream).or_default().push(i);
+        }
+        let chains: Vec<(Option<Hash>, Vec<usize>)> =
+            chains.into_iter().map(|(s, v)| (self.heads.get(s).map(|h| h.1), v)).collect();
+        let drafts_ref = &drafts;
+        let key_id = key.key_id();
+        let signed: Vec<Vec<(usize, Result<SignedEvent, ledger::LedgerError>)>> =
+            tokio::task::block_in_place(|| {
+                chains
+                    .par_iter()
+                    .map(|(base, idxs)| {
+                        let mut prev = *base;
+                        idxs.iter()
+                            .map(|&i| {
+                                let d = &drafts_ref[i];
+                                let p = &batch[d.proposed_index.0].events[d.proposed_index.1];
+                                let body = EventBody {
+                                    stream_id: d.stream.clone(),
+                                    stream_revision: d.revision,
+                                    event_id: p.event_id,
+                                    event_type: p.event_type.clone(),
+                                    schema_version: p.schema_version,
+                                    recorded_at: now,
+                                    actor: p.actor.clone(),
+                                    payload_commitment: d.payload.commitment(),
+                                    prev_hash: if d.revision == 0 {
+                                        GENESIS_PREV_HASH
+                                    } else {
+                                        prev.unwrap_or(GENESIS_PREV_HASH)
+                                    },
+                                    key_id,
+                                };
+                                let r = sign_body(body, &key, key_id);
+                                if let Ok(ev) = &r {
+                                    prev = Some(*ev.hash());
+                                }
+                                (i, r)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            });
+        let mut events: Vec<Option<SignedEvent>> = vec![None; drafts.len()];
+        for (i, r) in signed.into_iter().flatten() {
+            // Signing only fails on invalid input, which validation already excluded.
+            events[i] = Some(r?);
+        }
+        let mut frontier = self.state.frontier.clone();
+        let mut rows = Vec::with_capacity(drafts.len());
+        for (d, ev) in drafts.into_iter().zip(events) {
+            let ev = ev.ok_or(StoreError::Closed)?;
+            let nodes = frontier
+                .append(merkle::leaf_hash(ev.hash()))
+                .map_err(|_| StoreError::Corrupt { position: d.position, reason: "Merkle tree full" })?;
+            let mut merkle_nodes = Vec::with_capacity(32 * nodes.len());
+            for (id, h) in nodes.iter().filter(|(id, _)| id.level > 0) {
+                debug_assert_eq!(((id.index + 1) << id.level) - 1, d.position);
+                merkle_nodes.extend_from_slice(h);
+            }
+            rows.push(NewRow { position: d.position, event: ev, payload: d.payload, merkle_nodes });
+        }
+        self.state.last_micros = now.as_micros();
+        Ok((plans, rows, frontier))
+    }
+
+    /// Settle a request without writing (replay, conflict, revision mismatch), or None to write it.
+    fn plan_one<'a>(
+        &self,
+        ri: usize,
+        req: &'a AppendRequest,
+        batch: &[AppendRequest],
+        existing: &HashMap<Uuid, Existing>,
+        seen_in_batch: &mut HashMap<Uuid, usize>,
+        tentative: &mut HashMap<&'a StreamId, Option<u64>>,
+    ) -> Option<Plan> {
+        if req.events.is_empty() {
+            return Some(Plan::Fail(StoreError::EmptyAppend));
+        }
+        if req.events.len() > self.config.max_append_events {
+            return Some(Plan::Fail(StoreError::AppendTooLarge {
+                events: req.events.len(),
+                max: self.config.max_append_events,
+            }));
+        }
+        let mut ids = HashSet::with_capacity(req.events.len());
+        for e in &req.events {
+            if !ids.insert(e.event_id) {
+                return Some(Plan::Fail(StoreError::DuplicateEventInAppend { event_id: e.event_id }));
+            }
+            if let Err(err) = ledger::ids::validate_event_id(e.event_id) {
+                return Some(Plan::Fail(err.into()));
+            }
+        }
+        // Idempotent retry of something already committed?
+        let stored: Vec<Option<&Existing>> = req.events.iter().map(|e| existing.get(&e.event_id)).collect();
+        if stored.iter().any(Option::is_some) {
+            for (e, s) in req.events.iter().zip(&stored) {
+                match s {
+                    Some(s) if same_content(&req.stream, e, s) => {}
+                    _ => return Some(Plan::Fail(StoreError::IdempotencyConflict { event_id: e.event_id })),
+                }
+            }
+            let positions: Vec<u64> = stored.iter().flatten().map(|s| s.position).collect();
+            let last_revision = stored.iter().flatten().map(|s| s.event.stream_revision()).max().unwrap_or(0);
+            return Some(Plan::Replay(AppendResult {
+                positions,
+                last_revision,
+                head: self.state.head,
+                idempotent_replay: true,
+            }));
+        }
+        // Retry of a request earlier in this same batch?
+        if let Some(&earlier) = req.events.first().and_then(|e| seen_in_batch.get(&e.event_id)) {
+            let same = batch[earlier].stream == req.stream && batch[earlier].events == req.events;
+            return Some(if same {
+                Plan::ReplayOf(earlier)
+            } else {
+                Plan::Fail(StoreError::IdempotencyConflict { event_id: req.events[0].event_id })
+            });
+        }
+        if let Some(e) = req.events.iter().find(|e| seen_in_batch.contains_key(&e.event_id)) {
+            return Some(Plan::Fail(StoreError::IdempotencyConflict { event_id: e.event_id }));
+        }
+        let current =
+            tentative.get(&req.stream).copied().unwrap_or_else(|| self.heads.get(&req.stream).map(|h| h.0));
+        if !req.expected.admits(current) {
+            return Some(Plan::Fail(StoreError::WrongExpectedRevision {
+                stream: req.stream.as_str().to_owned(),
+                expected: req.expected,
+                actual: current,
+            }));
+        }
+        let _ = ri;
+        None
+    }
+
+    /// Insert the batch in one transaction and commit.
+    async fn commit(&mut self, rows: &[NewRow]) -> Result<(), StoreError> {
+        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        let n = rows.len();
+        let mut positions = Vec::with_capacity(n);
+        let mut streams = Vec::with_capacity(n);
+        let mut revisions = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
+        let mut envelopes = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        let mut nodes = Vec::with_capacity(n);
+        let mut salts = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        for r in rows {
+            positions.push(r.position as i64);
+            streams.push(r.event.stream_id().as_str().to_owned());
+            revisions.push(r.event.stream_revision() as i64);
+            ids.push(r.event.event_id());
+            types.push(r.event.body().event_type.as_str().to_owned());
+            times.push(to_offset(r.event.recorded_at()));
+            envelopes.push(r.event.to_bytes());
+            hashes.push(r.event.hash().to_vec());
+            nodes.push(r.merkle_nodes.clone());
+            salts.push(r.payload.salt().to_vec());
+            payloads.push(r.payload.bytes().to_vec());
+        }
+        let head = rows.last().map_or(0, |r| r.position + 1);
+        let mut tx = conn.begin().await?;
+        sqlx::query(
+            "INSERT INTO ledger_events (position, stream_id, stream_revision, event_id, event_type, recorded_at, \
+             envelope, event_hash, merkle_nodes) \
+             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::timestamptz[], \
+             $7::bytea[], $8::bytea[], $9::bytea[])",
+        )
+        .bind(&positions)
+        .bind(&streams)
+        .bind(&revisions)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&times)
+        .bind(&envelopes)
+        .bind(&hashes)
+        .bind(&nodes)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO ledger_payloads (position, salt, payload) \
+             SELECT * FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[])",
+        )
+        .bind(&positions)
+        .bind(&salts)
+        .bind(&payloads)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(head.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The batch committed: update state and answer every caller.
+    fn settle(&mut self, batch: Vec<AppendRequest>, plans: Vec<Plan>, rows: Vec<NewRow>, frontier: Frontier) {
+        if let Some(last) = rows.last() {
+            self.state.head = last.position + 1;
+            self.state.frontier = frontier;
+            for r in &rows {
+                self.heads.insert(r.event.stream_id().clone(), (r.event.stream_revision(), *r.event.hash()));
+            }
+            if self.heads.len() > self.config.stream_cache_size {
+                self.heads.clear();
+            }
+            let root = self.state.frontier.root();
+            self.head_tx.send_replace(Head { size: self.state.head, root });
+        }
+        let head = self.state.head;
+        let mut results: Vec<Option<Result<AppendResult, StoreError>>> = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let r = match plan {
+                Plan::Write { first_row, count } => {
+                    let slice = &rows[first_row..first_row + count];
+                    Some(Ok(AppendResult {
+                        positions: slice.iter().map(|r| r.position).collect(),
+                        last_revision: slice.last().map_or(0, |r| r.event.stream_revision()),
+                        head,
+                        idempotent_replay: false,
+                    }))
+                }
+                Plan::Replay(r) => Some(Ok(AppendResult { head, ..r })),
+                Plan::ReplayOf(i) => match results.get(i) {
+                    Some(Some(Ok(r))) => Some(Ok(AppendResult { idempotent_replay: true, ..r.clone() })),
+                    _ => Some(Err(StoreError::OutcomeUnknown)),
+                },
+                Plan::Fail(e) => Some(Err(e)),
+            };
+            results.push(r);
+        }
+        for (req, r) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(r.unwrap_or(Err(StoreError::OutcomeUnknown)));
+        }
+    }
+
+    /// The commit failed or its outcome is unknown: reconnect, reload the state from the
+    /// database and find out whether the batch is there.
+    async fn recover(
+        &mut self,
+        batch: Vec<AppendRequest>,
+        plans: Vec<Plan>,
+        rows: Vec<NewRow>,
+        frontier: Frontier,
+        err: StoreError,
+    ) {
+        tracing::warn!(error = %err, events = rows.len(), "batch commit failed; recovering");
+        self.conn = None;
+        let probe = rows.first().map(|r| r.event.event_id());
+        let mut committed = None;
+        for attempt in 0..self.config.recovery_attempts {
+            match self.ensure_connected().await {
+                Ok(()) => {
+                    let conn = self.conn.as_mut();
+                    if let (Some(conn), Some(id)) = (conn, probe) {
+                        match sqlx::query("SELECT 1 FROM ledger_events WHERE event_id = $1")
+                            .bind(id)
+                            .fetch_optional(conn)
+                            .await
+                        {
+                            Ok(found) => {
+                                committed = Some(found.is_some());
+                                break;
+                            }
+                            Err(_) => self.conn = None,
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, attempt, "writer reconnect failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1))).await;
+        }
+        match committed {
+            Some(true) => {
+                // It did commit; the state was reloaded from the database already.
+                let _ = frontier;
+                let head = self.state.head;
+                let root = self.state.frontier.root();
+                self.head_tx.send_replace(Head { size: head, root });
+                self.settle_reloaded(batch, plans, rows);
+            }
+            Some(false) => {
+                for (req, plan) in batch.into_iter().zip(plans) {
+                    let r = match plan {
+                        Plan::Fail(e) => Err(e),
+                        Plan::Replay(r) => Ok(r),
+                        _ => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
+                    };
+                    let _ = req.reply.send(r);
+                }
+            }
+            None => {
+                for req in batch {
+                    let _ = req.reply.send(Err(StoreError::OutcomeUnknown));
+                }
+            }
+        }
+    }
+
+    /// Answer a batch found committed after a reconnect (the state is already reloaded).
+    fn settle_reloaded(&mut self, batch: Vec<AppendRequest>, plans: Vec<Plan>, rows: Vec<NewRow>) {
+        let head = self.state.head;
+        let mut results: Vec<Result<AppendResult, StoreError>> = Vec::new();
+        for plan in plans {
+            results.push(match plan {
+                Plan::Write { first_row, count } => {
+                    let slice = &rows[first_row..first_row + count];
+                    Ok(AppendResult {
+                        positions: slice.iter().map(|r| r.position).collect(),
+                        last_revision: slice.last().map_or(0, |r| r.event.stream_revision()),
+                        head,
+                        idempotent_replay: false,
+                    })
+                }
+                Plan::Replay(r) => Ok(r),
+                Plan::ReplayOf(i) => match results.get(i) {
+                    Some(Ok(r)) => Ok(AppendResult { idempotent_replay: true, ..r.clone() }),
+                    _ => Err(StoreError::OutcomeUnknown),
+                },
+                Plan::Fail(e) => Err(e),
+            });
+        }
+        for (req, r) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(r);
+        }
+    }
+}
+
+fn sign_body(
+    body: EventBody,
+    key: &LedgerSigningKey,
+    key_id: KeyId,
+) -> Result<SignedEvent, ledger::LedgerError> {
+    debug_assert_eq!(key.key_id(), key_id);
+    body.sign(key)
+}
+
+fn same_content(stream: &StreamId, p: &ProposedEvent, s: &Existing) -> bool {
+    let b = s.event.body();
+    &b.stream_id == stream
+        && b.event_type == p.event_type
+        && b.schema_version == p.schema_version
+        && b.actor == p.actor
+        && s.payload.as_deref() == Some(p.payload.as_slice())
+}
+
+async fn load_existing(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, Existing>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT e.position, e.envelope, p.payload FROM ledger_events e \
+         LEFT JOIN ledger_payloads p ON p.position = e.position WHERE e.event_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let position: i64 = r.try_get("position")?;
+        let envelope: Vec<u8> = r.try_get("envelope")?;
+        let payload: Option<Vec<u8>> = r.try_get("payload")?;
+        let event = SignedEvent::from_bytes(&envelope).map_err(|_| StoreError::Corrupt {
+            position: position as u64,
+            reason: "envelope does not decode",
+        })?;
+        out.insert(event.event_id(), Existing { position: position as u64, event, payload });
+    }
+    Ok(out)
+}
+
+impl Writer {
+    /// Append one event signed elsewhere (system events such as `$keys`), as its own batch.
+    /// The caller built it against the current stream head.
+    pub(crate) async fn append_signed(
+        &mut self,
+        event: SignedEvent,
+        payload: Payload,
+    ) -> Result<(), StoreError> {
+        let mut frontier = self.state.frontier.clone();
+        let position = self.state.head;
+        let nodes = frontier
+            .append(merkle::leaf_hash(event.hash()))
+            .map_err(|_| StoreError::Corrupt { position, reason: "Merkle tree full" })?;
+        let merkle_nodes: Vec<u8> =
+            nodes.iter().filter(|(id, _)| id.level > 0).flat_map(|(_, h)| *h).collect();
+        let row = NewRow { position, event, payload, merkle_nodes };
+        self.commit(std::slice::from_ref(&row)).await?;
+        self.state.head = position + 1;
+        self.state.frontier = frontier;
+        self.state.last_micros = self.state.last_micros.max(row.event.recorded_at().as_micros());
+        self.heads.insert(row.event.stream_id().clone(), (row.event.stream_revision(), *row.event.hash()));
+        self.head_tx.send_replace(Head { size: self.state.head, root: self.state.frontier.root() });
+        Ok(())
+    }
+}
