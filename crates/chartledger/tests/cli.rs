@@ -78,3 +78,55 @@ fn checkpoint_verify_accepts_the_vector_and_rejects_alterations() {
     let out = chartledger(&["checkpoint", "verify", file.to_str().unwrap(), "--key", "nonsense"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_verify_reports_the_first_tampered_position() {
+    use store::{EventStore, ExpectedRevision, ProposedEvent, StoreConfig};
+    let db = testdb::TestDb::new().await.unwrap();
+    let key =
+        ledger::LedgerSigningKey::new("cli.example/ledger", ed25519_dalek::SigningKey::from_bytes(&[5; 32]))
+            .unwrap();
+    let vkey = key.note_signer().unwrap().verifier().to_vkey();
+    let store = EventStore::open(db.pool().clone(), key, StoreConfig::default()).await.unwrap();
+    let stream = ledger::StreamId::new("patient-cli").unwrap();
+    for i in 0..12u8 {
+        let e = ProposedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: ledger::EventType::new("a.e").unwrap(),
+            schema_version: 1,
+            actor: ledger::Actor::system(),
+            payload: vec![i; 8],
+        };
+        store.append(&stream, ExpectedRevision::Any, vec![e]).await.unwrap();
+    }
+    store.checkpoint_now().await.unwrap();
+    drop(store);
+    let url = db.url().to_owned();
+    let run = move |vkey: String| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_chartledger"))
+                .args(["ledger", "verify", "--trusted-key", &vkey])
+                .env("DATABASE_URL", url)
+                .output()
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let ok = run(vkey.clone());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ledger OK"));
+    sqlx::raw_sql(
+        "ALTER TABLE ledger_payloads DISABLE TRIGGER USER; \
+         UPDATE ledger_payloads SET payload = set_byte(payload, 2, 255) WHERE position = 7; \
+         ALTER TABLE ledger_payloads ENABLE TRIGGER USER;",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let bad = run(vkey);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("FAILED at position 7") && err.contains("verify.payload_mismatch"), "{err}");
+}

@@ -91,7 +91,14 @@ async fn run_store(store: &EventStore, clients: usize, batch: usize, dur: Durati
 
 /// The same rows inserted raw: same columns and byte sizes, no signing, hashing, Merkle
 /// nodes computed, or triggers; one transaction per append, as the store's clients see.
-async fn run_raw(pool: &sqlx::PgPool, clients: usize, batch: usize, dur: Duration, sample: &RawRow) -> Stats {
+async fn run_raw(
+    pool: &sqlx::PgPool,
+    clients: usize,
+    batch: usize,
+    dur: Duration,
+    sample: &RawRow,
+    offset: usize,
+) -> Stats {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -100,17 +107,17 @@ async fn run_raw(pool: &sqlx::PgPool, clients: usize, batch: usize, dur: Duratio
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut n = 0;
-            let s = stream(c).as_str().to_owned();
+            let s = stream(offset + c).as_str().to_owned();
             let mut rev = 0i64;
             while start.elapsed() < dur {
                 let t = Instant::now();
                 let ids: Vec<Uuid> = (0..batch).map(|_| Uuid::now_v7()).collect();
                 let revs: Vec<i64> = (0..batch as i64).map(|i| rev + i).collect();
                 rev += batch as i64;
-                let mut tx = pool.begin().await.unwrap();
                 sqlx::query(
-                    "INSERT INTO bench_raw_events (position, stream_id, stream_revision, event_id, event_type, recorded_at, envelope, event_hash, merkle_nodes) \
-                     SELECT nextval('bench_raw_pos'), $1, r, i, $2, now(), $3, $4, $5 FROM UNNEST($6::int8[], $7::uuid[]) AS u(r, i)",
+                    "WITH ins AS (INSERT INTO bench_raw_events (position, stream_id, stream_revision, event_id, event_type, recorded_at, envelope, event_hash, merkle_nodes) \
+                     SELECT nextval('bench_raw_pos'), $1, r, i, $2, now(), $3, $4, $5 FROM UNNEST($6::int8[], $7::uuid[]) AS u(r, i) RETURNING position) \
+                     INSERT INTO bench_raw_payloads (position, salt, payload) SELECT position, $8, $9 FROM ins",
                 )
                 .bind(&s)
                 .bind("clinical.entry_recorded")
@@ -119,20 +126,11 @@ async fn run_raw(pool: &sqlx::PgPool, clients: usize, batch: usize, dur: Duratio
                 .bind(&row.nodes)
                 .bind(&revs)
                 .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-                sqlx::query(
-                    "INSERT INTO bench_raw_payloads (position, salt, payload) \
-                     SELECT e.position, $1, $2 FROM bench_raw_events e WHERE e.event_id = ANY($3)",
-                )
                 .bind(&row.salt)
                 .bind(&row.payload)
-                .bind(&ids)
-                .execute(&mut *tx)
+                .execute(&pool)
                 .await
                 .unwrap();
-                tx.commit().await.unwrap();
                 lat.push(t.elapsed());
                 n += batch;
             }
@@ -196,6 +194,9 @@ fn main() {
     rt.block_on(async {
         let d = Duration::from_secs_f64(4.0 * scale());
         let db = TestDb::new().await.unwrap();
+        if std::env::var_os("BENCH_LOG_SLOW").is_some() {
+            sqlx::raw_sql(&format!("ALTER DATABASE {} SET log_min_duration_statement = 5", db.name())).execute(db.pool()).await.unwrap();
+        }
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(70).connect(db.url()).await.unwrap();
         let key = LedgerSigningKey::generate("bench.example/ledger", &mut rand_core::OsRng).unwrap();
         let store = EventStore::open(pool.clone(), key, StoreConfig::default()).await.unwrap();
@@ -222,8 +223,8 @@ fn main() {
         let mut offset = 100;
         for (clients, batch) in [(1, 1), (16, 1), (64, 1), (1, 100), (4, 100), (1, 1000), (2, 1000)] {
             let mut s = run_store(&store, clients, batch, d, offset).await;
+            let mut r = run_raw(&pool, clients, batch, d, &row, offset).await;
             offset += clients;
-            let mut r = run_raw(&pool, clients, batch, d, &row).await;
             println!(
                 "{:<26} {:>12.0} {:>9.2} {:>9.2} {:>12.0} {:>9.2} {:>9.2} {:>7.2}",
                 format!("{clients} clients x batch {batch}"),

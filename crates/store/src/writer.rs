@@ -63,6 +63,9 @@ pub(crate) async fn connect_writer(
 ) -> Result<(PgConnection, LedgerState), StoreError> {
     let mut conn = PgConnection::connect_with(opts).await?;
     sqlx::query("SET synchronous_commit = on").execute(&mut conn).await?;
+    // Plan every statement (and the gapless trigger's queries) for the table as it is now:
+    // generic plans cached while the ledger was small would keep scanning it whole.
+    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(WRITER_LOCK).execute(&mut conn).await?;
     let state = load_state(&mut conn).await?;
     Ok((conn, state))
@@ -637,23 +640,38 @@ fn same_content(stream: &StreamId, p: &ProposedEvent, s: &Existing) -> bool {
 }
 
 async fn load_existing(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, Existing>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT e.position, e.envelope, p.payload FROM ledger_events e \
-         LEFT JOIN ledger_payloads p ON p.position = e.position WHERE e.event_id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await?;
+    // Ids only (the unique index answers; almost always no row). Payloads are fetched by
+    // primary key for the rare hits: joining here made the planner scan all payloads.
+    let rows = sqlx::query("SELECT position, envelope FROM ledger_events WHERE event_id = ANY($1)")
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out = HashMap::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let mut positions = Vec::with_capacity(rows.len());
     for r in rows {
         let position: i64 = r.try_get("position")?;
         let envelope: Vec<u8> = r.try_get("envelope")?;
-        let payload: Option<Vec<u8>> = r.try_get("payload")?;
         let event = SignedEvent::from_bytes(&envelope).map_err(|_| StoreError::Corrupt {
             position: position as u64,
             reason: "envelope does not decode",
         })?;
-        out.insert(event.event_id(), Existing { position: position as u64, event, payload });
+        positions.push(position);
+        out.insert(event.event_id(), Existing { position: position as u64, event, payload: None });
+    }
+    let payloads = sqlx::query("SELECT position, payload FROM ledger_payloads WHERE position = ANY($1)")
+        .bind(&positions)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut by_pos: HashMap<u64, Vec<u8>> = HashMap::with_capacity(payloads.len());
+    for r in payloads {
+        let p: i64 = r.try_get("position")?;
+        by_pos.insert(p as u64, r.try_get("payload")?);
+    }
+    for e in out.values_mut() {
+        e.payload = by_pos.remove(&e.position);
     }
     Ok(out)
 }

@@ -572,3 +572,89 @@ async fn retries_after_the_writer_connection_drops() {
     let r = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
     assert!(r.ok(), "{r:?}");
 }
+
+/// Child half of `sigkill_mid_load_loses_no_acknowledged_event`: appends until killed,
+/// printing `ACK <event id> <position>` after each acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by sigkill_mid_load_loses_no_acknowledged_event as a child process"]
+async fn crash_child_load_loop() {
+    let Ok(url) = std::env::var("CHARTLEDGER_CRASH_CHILD_DB") else { return };
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await.unwrap();
+    let store = EventStore::open(pool, key(), config()).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Uuid, u64)>();
+    for w in 0..8u32 {
+        let store = store.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let e = vec![ev("load.crash", &w.to_le_bytes()), ev("load.crash", b"second")];
+                let id = e[0].event_id;
+                if let Ok(r) = store.append(&stream(w % 3), ExpectedRevision::Any, e).await {
+                    let _ = tx.send((id, r.positions[0]));
+                }
+            }
+        });
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    while let Some((id, pos)) = rx.recv().await {
+        writeln!(out, "ACK {id} {pos}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_no_acknowledged_event() {
+    use tokio::io::AsyncBufReadExt;
+    let db = TestDb::new().await.unwrap();
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child_load_loop", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("CHARTLEDGER_CRASH_CHILD_DB", db.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked: Vec<(Uuid, u64)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.len() < 400 && tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+            Ok(Ok(Some(l))) => {
+                if let Some(rest) = l.strip_prefix("ACK ") {
+                    let (id, pos) = rest.split_once(' ').unwrap();
+                    acked.push((id.parse().unwrap(), pos.parse().unwrap()));
+                }
+            }
+            other => panic!("child stopped early: {other:?}"),
+        }
+    }
+    assert!(acked.len() >= 400, "child too slow");
+    // SIGKILL in the middle of the load.
+    child.start_kill().unwrap();
+    while let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+        if let Some(rest) = l.strip_prefix("ACK ") {
+            let (id, pos) = rest.split_once(' ').unwrap();
+            acked.push((id.parse().unwrap(), pos.parse().unwrap()));
+        }
+    }
+    child.wait().await.unwrap();
+    // Reopen: the lock of the dead writer is released, state is recovered.
+    let store = EventStore::open(db.pool().clone(), key(), config()).await.unwrap();
+    let all = store.read_all(0, 1_000_000, &AllFilter::default()).await.unwrap();
+    let by_id: HashMap<Uuid, u64> = all.iter().map(|e| (e.event.event_id(), e.position)).collect();
+    for (id, pos) in &acked {
+        assert_eq!(by_id.get(id), Some(pos), "acknowledged event lost or moved");
+    }
+    assert_eq!(all.len() as u64, store.head().size);
+    // It keeps working, subscriptions see everything in order, and the ledger verifies.
+    store.append(&stream(0), ExpectedRevision::Any, vec![ev("load.after", b"")]).await.unwrap();
+    let mut sub = store.subscribe_all(0, AllFilter::default());
+    for p in 0..store.head().size {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(e.position, p);
+    }
+    store.checkpoint_now().await.unwrap();
+    let r = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
+    assert!(r.ok(), "{r:?}");
+}
