@@ -115,13 +115,17 @@ impl EventStore {
         let (head_tx, head_rx) = watch::channel(Head { size: state.head, root: state.frontier.root() });
         let mut w = writer::Writer {
             conn: Some(conn),
-            connect,
-            key: Arc::clone(&key),
-            state,
-            heads: Default::default(),
+            connect: connect.clone(),
             rx,
             head_tx,
-            config: config.clone(),
+            planner: writer::Planner {
+                lookup: None,
+                connect,
+                key: Arc::clone(&key),
+                state,
+                heads: Default::default(),
+                config: config.clone(),
+            },
         };
         let registry = load_key_registry(&pool).await?;
         let registry = if registry.anchor().is_none() {
@@ -389,16 +393,14 @@ pub(crate) async fn load_key_registry(pool: &PgPool) -> Result<KeyRegistry, Stor
 impl writer::Writer {
     /// Register the signing key as the anchor of an empty key registry.
     async fn bootstrap_anchor(&mut self, registry: &KeyRegistry) -> Result<(), StoreError> {
-        let now = Timestamp::from_micros(now_micros().max(self.state.last_micros));
-        let intro = KeyIntroduced {
-            public_key: self.key.verifying_key(),
-            name: self.key.name().to_owned(),
-            valid_from: now,
-        };
+        let now = Timestamp::from_micros(now_micros().max(self.planner.state.last_micros));
+        let key = Arc::clone(&self.planner.key);
+        let intro =
+            KeyIntroduced { public_key: key.verifying_key(), name: key.name().to_owned(), valid_from: now };
         let (event, payload) = registry.next_event(
             KEY_INTRODUCED,
             intro.to_bytes()?,
-            &self.key,
+            &key,
             uuid::Uuid::now_v7(),
             now,
             &mut rand_core::OsRng,

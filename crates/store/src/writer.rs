@@ -46,15 +46,34 @@ pub(crate) struct LedgerState {
 }
 
 pub(crate) struct Writer {
+    /// The connection holding the writer lock; every COMMIT goes through it.
     pub conn: Option<PgConnection>,
+    pub connect: PgConnectOptions,
+    pub rx: mpsc::Receiver<AppendRequest>,
+    pub head_tx: watch::Sender<Head>,
+    pub planner: Planner,
+}
+
+/// Plans batches against the ledger state as it will be once everything planned so far
+/// has committed. Owns a second connection for look-ups, so the next batch can be
+/// planned (and signed) while the previous one commits.
+pub(crate) struct Planner {
+    pub lookup: Option<PgConnection>,
     pub connect: PgConnectOptions,
     pub key: Arc<LedgerSigningKey>,
     pub state: LedgerState,
-    /// Last revision and hash of recently written streams.
+    /// Last revision and hash of recently written streams (including planned ones).
     pub heads: HashMap<StreamId, (u64, Hash)>,
-    pub rx: mpsc::Receiver<AppendRequest>,
-    pub head_tx: watch::Sender<Head>,
     pub config: StoreConfig,
+}
+
+/// A planned, signed batch waiting for (or in) its commit.
+struct Prepared {
+    batch: Vec<AppendRequest>,
+    plans: Vec<Plan>,
+    rows: Vec<NewRow>,
+    head: Head,
+    ids: HashSet<Uuid>,
 }
 
 /// Connect, take the writer lock (waiting for another writer to go away), load the state.
@@ -69,6 +88,16 @@ pub(crate) async fn connect_writer(
     sqlx::query("SELECT pg_advisory_lock($1)").bind(WRITER_LOCK).execute(&mut conn).await?;
     let state = load_state(&mut conn).await?;
     Ok((conn, state))
+}
+
+/// A writer-side session: durable commits, and plans made for the table as it is now
+/// (generic plans cached while the ledger was small would keep scanning it whole; this
+/// includes the gapless trigger's queries).
+async fn connect_session(opts: &PgConnectOptions) -> Result<PgConnection, StoreError> {
+    let mut conn = PgConnection::connect_with(opts).await?;
+    sqlx::query("SET synchronous_commit = on").execute(&mut conn).await?;
+    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
+    Ok(conn)
 }
 
 /// Head, Merkle frontier and last recorded time, from the database.
@@ -136,11 +165,30 @@ struct Existing {
 }
 
 impl Writer {
+    /// The pipeline: while batch k commits, batch k+1 is looked up and signed.
     pub(crate) async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
-            let mut n = first.events.len();
-            let mut batch = vec![first];
-            while n < self.config.max_batch_events {
+        let mut carry: std::collections::VecDeque<AppendRequest> = std::collections::VecDeque::new();
+        let mut in_flight: Option<Prepared> = None;
+        loop {
+            // Gather: block only when there is nothing to do.
+            let mut batch: Vec<AppendRequest> = Vec::new();
+            if in_flight.is_none() && carry.is_empty() {
+                match self.rx.recv().await {
+                    Some(r) => batch.push(r),
+                    None => break,
+                }
+            }
+            let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
+            while n < self.planner.config.max_batch_events {
+                match carry.pop_front() {
+                    Some(r) => {
+                        n += r.events.len();
+                        batch.push(r);
+                    }
+                    None => break,
+                }
+            }
+            while n < self.planner.config.max_batch_events {
                 match self.rx.try_recv() {
                     Ok(r) => {
                         n += r.events.len();
@@ -149,47 +197,132 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.process(batch).await;
+            // Requests touching an event still in flight wait for its outcome.
+            if let Some(f) = &in_flight {
+                let (now, later): (Vec<_>, Vec<_>) =
+                    batch.into_iter().partition(|r| r.events.iter().all(|e| !f.ids.contains(&e.event_id)));
+                batch = now;
+                for r in later.into_iter().rev() {
+                    carry.push_front(r);
+                }
+            }
+            match in_flight.take() {
+                None => {
+                    if !batch.is_empty() {
+                        in_flight = self.planner.prepare(batch).await;
+                    }
+                }
+                Some(p) => {
+                    let conn = self.conn.as_mut();
+                    let planner = &mut self.planner;
+                    let (committed, next) = tokio::join!(
+                        async {
+                            match conn {
+                                Some(c) => commit_rows(c, &p.rows).await,
+                                None => Err(StoreError::Closed),
+                            }
+                        },
+                        async {
+                            if batch.is_empty() {
+                                None
+                            } else {
+                                planner.prepare(batch).await
+                            }
+                        }
+                    );
+                    match committed {
+                        Ok(()) => {
+                            self.publish(&p);
+                            settle(p, None);
+                            in_flight = next;
+                        }
+                        Err(e) => {
+                            // The next batch was planned on top of this one: plan it again.
+                            if let Some(n) = next {
+                                for r in n.batch.into_iter().rev() {
+                                    carry.push_front(r);
+                                }
+                            }
+                            self.recover(p, e).await;
+                        }
+                    }
+                }
+            }
+            if in_flight.is_none()
+                && carry.is_empty()
+                && self.planner.heads.len() > self.planner.config.stream_cache_size
+            {
+                self.planner.heads.clear();
+            }
+        }
+        if let Some(p) = in_flight {
+            match self.conn.as_mut() {
+                Some(c) => match commit_rows(c, &p.rows).await {
+                    Ok(()) => {
+                        self.publish(&p);
+                        settle(p, None);
+                    }
+                    Err(e) => self.recover(p, e).await,
+                },
+                None => self.recover(p, StoreError::Closed).await,
+            }
         }
         tracing::debug!("writer stopped: all store handles dropped");
     }
 
-    async fn process(&mut self, batch: Vec<AppendRequest>) {
-        if let Err(e) = self.ensure_connected().await {
-            tracing::warn!(error = %e, "writer cannot reach the database");
-            for r in batch {
-                let _ = r.reply.send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
-            }
-            return;
-        }
-        let plans = match self.plan(&batch).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "append planning failed");
-                self.conn = None;
-                for r in batch {
-                    let _ = r.reply.send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
-                }
-                return;
-            }
-        };
-        let (plans, rows, frontier) = plans;
-        let outcome = if rows.is_empty() { Ok(()) } else { self.commit(&rows).await };
-        match outcome {
-            Ok(()) => self.settle(batch, plans, rows, frontier),
-            Err(e) => self.recover(batch, plans, rows, frontier, e).await,
+    fn publish(&self, p: &Prepared) {
+        if !p.rows.is_empty() {
+            self.head_tx.send_replace(p.head);
         }
     }
 
-    async fn ensure_connected(&mut self) -> Result<(), StoreError> {
-        if self.conn.is_some() {
-            return Ok(());
-        }
+    /// Reconnect (retaking the lock) and reload the state from the database.
+    async fn reconnect(&mut self) -> Result<(), StoreError> {
         let (conn, state) = connect_writer(&self.connect).await?;
         self.conn = Some(conn);
-        self.state = state;
-        self.heads.clear();
+        self.planner.state = state;
+        self.planner.heads.clear();
         Ok(())
+    }
+}
+
+impl Planner {
+    /// Plan and sign a batch; on a look-up failure, fail its requests (nothing was written).
+    async fn prepare(&mut self, batch: Vec<AppendRequest>) -> Option<Prepared> {
+        if self.lookup.is_none() {
+            match connect_session(&self.connect).await {
+                Ok(c) => self.lookup = Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "writer cannot reach the database");
+                    fail_all(batch);
+                    return None;
+                }
+            }
+        }
+        match self.plan(&batch).await {
+            Ok((plans, rows, frontier)) => {
+                let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+                // Optimistic state: as if this batch had committed.
+                if let Some(last) = rows.last() {
+                    self.state.head = last.position + 1;
+                    self.state.frontier = frontier;
+                    for r in &rows {
+                        self.heads.insert(
+                            r.event.stream_id().clone(),
+                            (r.event.stream_revision(), *r.event.hash()),
+                        );
+                    }
+                }
+                let head = Head { size: self.state.head, root: self.state.frontier.root() };
+                Some(Prepared { batch, plans, rows, head, ids })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "append planning failed");
+                self.lookup = None;
+                fail_all(batch);
+                None
+            }
+        }
     }
 
     /// Validate every request, assign positions and revisions, sign, and build the rows.
@@ -198,7 +331,7 @@ impl Writer {
         &mut self,
         batch: &[AppendRequest],
     ) -> Result<(Vec<Plan>, Vec<NewRow>, Frontier), StoreError> {
-        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        let conn = self.lookup.as_mut().ok_or(StoreError::Closed)?;
         // Idempotency: which ids already exist?
         let ids: Vec<Uuid> = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
         let existing = load_existing(conn, &ids).await?;
@@ -422,38 +555,41 @@ impl Writer {
         let _ = ri;
         None
     }
+}
 
-    /// Insert the batch in one transaction and commit.
-    async fn commit(&mut self, rows: &[NewRow]) -> Result<(), StoreError> {
-        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
-        let n = rows.len();
-        let mut positions = Vec::with_capacity(n);
-        let mut streams = Vec::with_capacity(n);
-        let mut revisions = Vec::with_capacity(n);
-        let mut ids = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut times = Vec::with_capacity(n);
-        let mut envelopes = Vec::with_capacity(n);
-        let mut hashes = Vec::with_capacity(n);
-        let mut nodes = Vec::with_capacity(n);
-        let mut salts = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        for r in rows {
-            positions.push(r.position as i64);
-            streams.push(r.event.stream_id().as_str().to_owned());
-            revisions.push(r.event.stream_revision() as i64);
-            ids.push(r.event.event_id());
-            types.push(r.event.body().event_type.as_str().to_owned());
-            times.push(to_offset(r.event.recorded_at()));
-            envelopes.push(r.event.to_bytes());
-            hashes.push(r.event.hash().to_vec());
-            nodes.push(r.merkle_nodes.clone());
-            salts.push(r.payload.salt().to_vec());
-            payloads.push(r.payload.bytes().to_vec());
-        }
-        let head = rows.last().map_or(0, |r| r.position + 1);
-        let mut tx = conn.begin().await?;
-        sqlx::query(
+/// Insert a batch in one transaction and commit (one WAL flush).
+async fn commit_rows(conn: &mut PgConnection, rows: &[NewRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let mut positions = Vec::with_capacity(n);
+    let mut streams = Vec::with_capacity(n);
+    let mut revisions = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut types = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    let mut envelopes = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut nodes = Vec::with_capacity(n);
+    let mut salts = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    for r in rows {
+        positions.push(r.position as i64);
+        streams.push(r.event.stream_id().as_str().to_owned());
+        revisions.push(r.event.stream_revision() as i64);
+        ids.push(r.event.event_id());
+        types.push(r.event.body().event_type.as_str().to_owned());
+        times.push(to_offset(r.event.recorded_at()));
+        envelopes.push(r.event.to_bytes());
+        hashes.push(r.event.hash().to_vec());
+        nodes.push(r.merkle_nodes.clone());
+        salts.push(r.payload.salt().to_vec());
+        payloads.push(r.payload.bytes().to_vec());
+    }
+    let head = rows.last().map_or(0, |r| r.position + 1);
+    let mut tx = conn.begin().await?;
+    sqlx::query(
             "INSERT INTO ledger_events (position, stream_id, stream_revision, event_id, event_type, recorded_at, \
              envelope, event_hash, merkle_nodes) \
              SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::timestamptz[], \
@@ -470,84 +606,72 @@ impl Writer {
         .bind(&nodes)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO ledger_payloads (position, salt, payload) \
+    sqlx::query(
+        "INSERT INTO ledger_payloads (position, salt, payload) \
              SELECT * FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[])",
-        )
-        .bind(&positions)
-        .bind(&salts)
-        .bind(&payloads)
+    )
+    .bind(&positions)
+    .bind(&salts)
+    .bind(&payloads)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(head.to_string())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(head.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
+    tx.commit().await?;
+    Ok(())
+}
 
-    /// The batch committed: update state and answer every caller.
-    fn settle(&mut self, batch: Vec<AppendRequest>, plans: Vec<Plan>, rows: Vec<NewRow>, frontier: Frontier) {
-        if let Some(last) = rows.last() {
-            self.state.head = last.position + 1;
-            self.state.frontier = frontier;
-            for r in &rows {
-                self.heads.insert(r.event.stream_id().clone(), (r.event.stream_revision(), *r.event.hash()));
+/// Answer every caller of a committed batch. `head` overrides the head reported to
+/// replays (after a reload).
+fn settle(p: Prepared, head: Option<u64>) {
+    let head = head.unwrap_or(p.head.size);
+    let mut results: Vec<Result<AppendResult, StoreError>> = Vec::with_capacity(p.plans.len());
+    for plan in p.plans {
+        results.push(match plan {
+            Plan::Write { first_row, count } => {
+                let slice = &p.rows[first_row..first_row + count];
+                Ok(AppendResult {
+                    positions: slice.iter().map(|r| r.position).collect(),
+                    last_revision: slice.last().map_or(0, |r| r.event.stream_revision()),
+                    head,
+                    idempotent_replay: false,
+                })
             }
-            if self.heads.len() > self.config.stream_cache_size {
-                self.heads.clear();
-            }
-            let root = self.state.frontier.root();
-            self.head_tx.send_replace(Head { size: self.state.head, root });
-        }
-        let head = self.state.head;
-        let mut results: Vec<Option<Result<AppendResult, StoreError>>> = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let r = match plan {
-                Plan::Write { first_row, count } => {
-                    let slice = &rows[first_row..first_row + count];
-                    Some(Ok(AppendResult {
-                        positions: slice.iter().map(|r| r.position).collect(),
-                        last_revision: slice.last().map_or(0, |r| r.event.stream_revision()),
-                        head,
-                        idempotent_replay: false,
-                    }))
-                }
-                Plan::Replay(r) => Some(Ok(AppendResult { head, ..r })),
-                Plan::ReplayOf(i) => match results.get(i) {
-                    Some(Some(Ok(r))) => Some(Ok(AppendResult { idempotent_replay: true, ..r.clone() })),
-                    _ => Some(Err(StoreError::OutcomeUnknown)),
-                },
-                Plan::Fail(e) => Some(Err(e)),
-            };
-            results.push(r);
-        }
-        for (req, r) in batch.into_iter().zip(results) {
-            let _ = req.reply.send(r.unwrap_or(Err(StoreError::OutcomeUnknown)));
-        }
+            Plan::Replay(r) => Ok(AppendResult { head: head.max(r.head), ..r }),
+            Plan::ReplayOf(i) => match results.get(i) {
+                Some(Ok(r)) => Ok(AppendResult { idempotent_replay: true, ..r.clone() }),
+                _ => Err(StoreError::OutcomeUnknown),
+            },
+            Plan::Fail(e) => Err(e),
+        });
     }
+    for (req, r) in p.batch.into_iter().zip(results) {
+        let _ = req.reply.send(r);
+    }
+}
 
+/// Nothing of this batch was written: tell every caller (retrying is safe).
+fn fail_all(batch: Vec<AppendRequest>) {
+    for r in batch {
+        let _ = r.reply.send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
+    }
+}
+
+impl Writer {
     /// The commit failed or its outcome is unknown: reconnect, reload the state from the
-    /// database and find out whether the batch is there.
-    async fn recover(
-        &mut self,
-        batch: Vec<AppendRequest>,
-        plans: Vec<Plan>,
-        rows: Vec<NewRow>,
-        frontier: Frontier,
-        err: StoreError,
-    ) {
-        tracing::warn!(error = %err, events = rows.len(), "batch commit failed; recovering");
+    /// database and find out whether the batch is there, then answer truthfully.
+    async fn recover(&mut self, p: Prepared, err: StoreError) {
+        tracing::warn!(error = %err, events = p.rows.len(), "batch commit failed; recovering");
         self.conn = None;
-        let probe = rows.first().map(|r| r.event.event_id());
+        let probe = p.rows.first().map(|r| r.event.event_id());
         let mut committed = None;
-        for attempt in 0..self.config.recovery_attempts {
-            match self.ensure_connected().await {
-                Ok(()) => {
-                    let conn = self.conn.as_mut();
-                    if let (Some(conn), Some(id)) = (conn, probe) {
+        for attempt in 0..self.planner.config.recovery_attempts {
+            match self.reconnect().await {
+                Ok(()) => match (self.conn.as_mut(), probe) {
+                    (Some(conn), Some(id)) => {
                         match sqlx::query("SELECT 1 FROM ledger_events WHERE event_id = $1")
                             .bind(id)
                             .fetch_optional(conn)
@@ -560,22 +684,23 @@ impl Writer {
                             Err(_) => self.conn = None,
                         }
                     }
-                }
+                    _ => {
+                        committed = Some(false);
+                        break;
+                    }
+                },
                 Err(e) => tracing::warn!(error = %e, attempt, "writer reconnect failed"),
             }
-            tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1))).await;
+            tokio::time::sleep(Duration::from_millis(100 * (u64::from(attempt) + 1))).await;
         }
         match committed {
             Some(true) => {
-                // It did commit; the state was reloaded from the database already.
-                let _ = frontier;
-                let head = self.state.head;
-                let root = self.state.frontier.root();
-                self.head_tx.send_replace(Head { size: head, root });
-                self.settle_reloaded(batch, plans, rows);
+                let head = Head { size: self.planner.state.head, root: self.planner.state.frontier.root() };
+                self.head_tx.send_replace(head);
+                settle(p, Some(head.size));
             }
             Some(false) => {
-                for (req, plan) in batch.into_iter().zip(plans) {
+                for (req, plan) in p.batch.into_iter().zip(p.plans) {
                     let r = match plan {
                         Plan::Fail(e) => Err(e),
                         Plan::Replay(r) => Ok(r),
@@ -585,38 +710,10 @@ impl Writer {
                 }
             }
             None => {
-                for req in batch {
+                for req in p.batch {
                     let _ = req.reply.send(Err(StoreError::OutcomeUnknown));
                 }
             }
-        }
-    }
-
-    /// Answer a batch found committed after a reconnect (the state is already reloaded).
-    fn settle_reloaded(&mut self, batch: Vec<AppendRequest>, plans: Vec<Plan>, rows: Vec<NewRow>) {
-        let head = self.state.head;
-        let mut results: Vec<Result<AppendResult, StoreError>> = Vec::new();
-        for plan in plans {
-            results.push(match plan {
-                Plan::Write { first_row, count } => {
-                    let slice = &rows[first_row..first_row + count];
-                    Ok(AppendResult {
-                        positions: slice.iter().map(|r| r.position).collect(),
-                        last_revision: slice.last().map_or(0, |r| r.event.stream_revision()),
-                        head,
-                        idempotent_replay: false,
-                    })
-                }
-                Plan::Replay(r) => Ok(r),
-                Plan::ReplayOf(i) => match results.get(i) {
-                    Some(Ok(r)) => Ok(AppendResult { idempotent_replay: true, ..r.clone() }),
-                    _ => Err(StoreError::OutcomeUnknown),
-                },
-                Plan::Fail(e) => Err(e),
-            });
-        }
-        for (req, r) in batch.into_iter().zip(results) {
-            let _ = req.reply.send(r);
         }
     }
 }
@@ -684,20 +781,24 @@ impl Writer {
         event: SignedEvent,
         payload: Payload,
     ) -> Result<(), StoreError> {
-        let mut frontier = self.state.frontier.clone();
-        let position = self.state.head;
+        let mut frontier = self.planner.state.frontier.clone();
+        let position = self.planner.state.head;
         let nodes = frontier
             .append(merkle::leaf_hash(event.hash()))
             .map_err(|_| StoreError::Corrupt { position, reason: "Merkle tree full" })?;
         let merkle_nodes: Vec<u8> =
             nodes.iter().filter(|(id, _)| id.level > 0).flat_map(|(_, h)| *h).collect();
         let row = NewRow { position, event, payload, merkle_nodes };
-        self.commit(std::slice::from_ref(&row)).await?;
-        self.state.head = position + 1;
-        self.state.frontier = frontier;
-        self.state.last_micros = self.state.last_micros.max(row.event.recorded_at().as_micros());
-        self.heads.insert(row.event.stream_id().clone(), (row.event.stream_revision(), *row.event.hash()));
-        self.head_tx.send_replace(Head { size: self.state.head, root: self.state.frontier.root() });
+        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        commit_rows(conn, std::slice::from_ref(&row)).await?;
+        let st = &mut self.planner.state;
+        st.head = position + 1;
+        st.frontier = frontier;
+        st.last_micros = st.last_micros.max(row.event.recorded_at().as_micros());
+        self.planner
+            .heads
+            .insert(row.event.stream_id().clone(), (row.event.stream_revision(), *row.event.hash()));
+        self.head_tx.send_replace(Head { size: st.head, root: st.frontier.root() });
         Ok(())
     }
 }

@@ -145,6 +145,9 @@ fn start_blocking() -> anyhow::Result<Cluster> {
         cluster.run_as = Some((uid, gid));
     }
 
+    // Started before initdb, so that a process killed mid-start leaves nothing behind either.
+    cluster.watchdog = Some(spawn_watchdog(&cluster)?);
+
     let mut initdb = cluster.command("initdb");
     initdb.arg("-D").arg(&cluster.data).args([
         "-U",
@@ -197,7 +200,6 @@ fn start_blocking() -> anyhow::Result<Cluster> {
         return Err(e);
     }
 
-    cluster.watchdog = Some(spawn_watchdog(&cluster)?);
     tracing::info!(
         "testdb: started a throwaway cluster in {} on port {}",
         cluster.root.display(),

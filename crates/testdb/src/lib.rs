@@ -152,11 +152,14 @@ impl TestDb {
 
     /// A fresh, empty database on the server of `admin_url` (any database on it, typically
     /// `postgres`, as a role that may create databases), bypassing the server choice.
+    ///
+    /// The database is created from `template0`: pristine, and no contention with sessions
+    /// connected to `template1` (which would make `CREATE DATABASE` fail).
     pub async fn new_on(admin_url: &str) -> anyhow::Result<TestDb> {
         let name = format!("cl_test_{}", uuid::Uuid::now_v7().simple());
         let url = with_database(admin_url, &name)?;
         let mut admin = admin_connect(admin_url, ADMIN_CONNECT_TIMEOUT).await?;
-        let created = execute(&mut admin, format!("CREATE DATABASE \"{name}\"")).await;
+        let created = execute(&mut admin, format!("CREATE DATABASE \"{name}\" TEMPLATE template0")).await;
         let _ = admin.close().await;
         created.with_context(|| format!("creating database {name}"))?;
 
