@@ -89,6 +89,12 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+-- Resolve `ledger_events` in the schema the migration runs in, never in pg_temp (a
+-- temporary table of the same name must not be able to fool the check).
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION ledger_check_append() SET search_path = %I, pg_temp', current_schema());
+END $$;
 CREATE TRIGGER ledger_events_gapless AFTER INSERT ON ledger_events
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_check_append();

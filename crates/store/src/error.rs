@@ -21,8 +21,13 @@ pub enum StoreError {
     DuplicateEventInAppend { event_id: Uuid },
     #[error("an append needs at least one event")]
     EmptyAppend,
-    #[error("append too large: {events} events (max {max})")]
-    AppendTooLarge { events: usize, max: usize },
+    /// The stream is written only by the store itself (`$keys`).
+    #[error("stream {0} is reserved to the store")]
+    ReservedStream(String),
+    #[error(
+        "append too large: {events} events, {bytes} payload bytes (max {max} events, {max_bytes} bytes)"
+    )]
+    AppendTooLarge { events: usize, bytes: usize, max: usize, max_bytes: usize },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// The stored data does not decode or does not match its columns.
@@ -53,6 +58,7 @@ impl StoreError {
             Self::IdempotencyConflict { .. } => "store.idempotency_conflict",
             Self::DuplicateEventInAppend { .. } => "store.duplicate_event_in_append",
             Self::EmptyAppend => "store.empty_append",
+            Self::ReservedStream(_) => "store.reserved_stream",
             Self::AppendTooLarge { .. } => "store.append_too_large",
             Self::Ledger(e) => e.code(),
             Self::Corrupt { .. } => "store.corrupt",

@@ -55,6 +55,14 @@ pub struct StoreConfig {
     pub recovery_attempts: u32,
     /// Capacity of the append queue.
     pub queue_capacity: usize,
+    /// Group commit: the most payload bytes one transaction takes (PostgreSQL caps a
+    /// message at 1 GiB; one append larger than this is refused).
+    pub max_batch_bytes: usize,
+    /// Apply the migrations when opening. Turn off when the application role is not the
+    /// schema owner (see deploy/README.md) and migrations run separately.
+    pub run_migrations: bool,
+    /// How long the writer waits for the ledger lock when reconnecting after a failure.
+    pub recovery_lock_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +77,9 @@ impl Default for StoreConfig {
             stream_cache_size: 200_000,
             recovery_attempts: 50,
             queue_capacity: 4096,
+            max_batch_bytes: 64 << 20,
+            run_migrations: true,
+            recovery_lock_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -107,9 +118,11 @@ impl EventStore {
     /// is), register the signing key as the anchor of an empty ledger (or check that it is
     /// valid in the registry), and start group commit and checkpointing.
     pub async fn open(pool: PgPool, key: LedgerSigningKey, config: StoreConfig) -> Result<Self, StoreError> {
-        Self::migrate(&pool).await?;
+        if config.run_migrations {
+            Self::migrate(&pool).await?;
+        }
         let connect = pool.connect_options().as_ref().clone();
-        let (conn, state) = writer::connect_writer(&connect).await?;
+        let (conn, state) = writer::connect_writer(&connect, None).await?;
         let key = Arc::new(key);
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (head_tx, head_rx) = watch::channel(Head { size: state.head, root: state.frontier.root() });
@@ -135,8 +148,10 @@ impl EventStore {
             registry
         };
         let now = Timestamp::from_micros(now_micros());
-        if registry.key_valid_at(&key.key_id(), now).is_err() {
-            return Err(StoreError::SigningKeyNotRegistered);
+        // Valid now, and registered under the name it signs checkpoints with.
+        match registry.key_valid_at(&key.key_id(), now) {
+            Ok(r) if r.name == key.name() => {}
+            _ => return Err(StoreError::SigningKeyNotRegistered),
         }
         tokio::spawn(w.run());
         let cp = checkpointer::spawn(pool.clone(), Arc::clone(&key), config.clone(), head_rx.clone());
@@ -174,6 +189,9 @@ impl EventStore {
         expected: ExpectedRevision,
         events: Vec<ProposedEvent>,
     ) -> Result<AppendResult, StoreError> {
+        if stream.as_str() == StreamId::KEYS {
+            return Err(StoreError::ReservedStream(stream.as_str().to_owned()));
+        }
         let (reply, rx) = oneshot::channel();
         let req = writer::AppendRequest { stream: stream.clone(), expected, events, reply };
         self.inner.tx.send(req).await.map_err(|_| StoreError::Closed)?;
@@ -425,6 +443,15 @@ pub(crate) fn to_offset(t: Timestamp) -> time::OffsetDateTime {
 
 pub(crate) fn from_offset(t: time::OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Run CPU-heavy work without stalling the runtime: `block_in_place` on a multi-thread
+/// runtime, inline on a current-thread one (where `block_in_place` would panic).
+pub(crate) fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn clamp_i64(v: u64) -> i64 {

@@ -11,7 +11,9 @@ use crate::error::StoreError;
 
 /// The row holding a node.
 pub(crate) fn node_row(id: NodeId) -> Option<u64> {
-    let end = id.index.checked_add(1)?.checked_shl(u32::from(id.level))?;
+    // `checked_shl` only checks the shift amount, not lost bits: multiply instead.
+    let width = 1u64.checked_shl(u32::from(id.level))?;
+    let end = id.index.checked_add(1)?.checked_mul(width)?;
     end.checked_sub(1)
 }
 

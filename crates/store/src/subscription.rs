@@ -66,7 +66,11 @@ fn spawn(pool: PgPool, source: Source, from: u64, poll: Duration) -> Subscriptio
         loop {
             if listener.is_none() {
                 // Listen *before* reading, so a commit between the read and the wait wakes us.
-                match PgListener::connect_with(&pool).await {
+                // The listener gets its own connection: it must not hold one of the pool's.
+                let own = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(pool.connect_options().as_ref().clone());
+                match PgListener::connect_with(&own).await {
                     Ok(mut l) => {
                         if l.listen(NOTIFY_CHANNEL).await.is_ok() {
                             listener = Some(l);
@@ -76,7 +80,7 @@ fn spawn(pool: PgPool, source: Source, from: u64, poll: Duration) -> Subscriptio
                 }
             }
             let page = match &source {
-                // Unfiltered reads: the filter is applied in SQL, `next` advances past the page.
+                // Scan every position (the filter is applied here), so `next` advances past the page.
                 Source::All(f) => read_all_page(&pool, next, f).await,
                 Source::Stream(s) => read_stream_page(&pool, s, next).await,
             };

@@ -29,8 +29,8 @@ impl ExpectedRevision {
 }
 
 /// An event a client wants to append. The store adds revision, time, hash link, salt,
-/// commitment and signature.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// commitment and signature. Its `Debug` never shows the payload (clinical content).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ProposedEvent {
     /// A UUIDv7 chosen by the client: retrying with the same id is idempotent.
     pub event_id: Uuid,
@@ -38,6 +38,17 @@ pub struct ProposedEvent {
     pub schema_version: u16,
     pub actor: Actor,
     pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProposedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProposedEvent")
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("schema_version", &self.schema_version)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an append stored (or, for an idempotent retry, had stored before).

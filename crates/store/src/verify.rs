@@ -41,6 +41,8 @@ pub enum FailureKind {
     UnknownKey,
     /// The signing key was not valid at the event's recorded time.
     KeyNotValidAt,
+    /// `recorded_at` goes backwards along the log (the writer never lets it).
+    TimeOrder,
     /// The event does not link to the previous event of its stream.
     BrokenHashLink,
     /// The payload row is missing.
@@ -51,7 +53,7 @@ pub enum FailureKind {
     MerkleNodeMismatch,
     /// The key registry (`$keys`) breaks a rule or does not verify.
     KeyRegistry(String),
-    /// None of the registry's keys is trusted by the caller.
+    /// Neither the registry's anchor nor any checkpoint's signer is trusted by the caller.
     UntrustedKeys,
     /// A checkpoint's signature does not verify against the registry's keys.
     CheckpointSignature { tree_size: u64 },
@@ -69,6 +71,7 @@ impl FailureKind {
             Self::InvalidSignature => "verify.invalid_signature",
             Self::UnknownKey => "verify.unknown_key",
             Self::KeyNotValidAt => "verify.key_not_valid_at",
+            Self::TimeOrder => "verify.time_order",
             Self::BrokenHashLink => "verify.broken_hash_link",
             Self::PayloadMissing => "verify.payload_missing",
             Self::PayloadMismatch => "verify.payload_mismatch",
@@ -91,12 +94,13 @@ impl fmt::Display for FailureKind {
             Self::InvalidSignature => write!(f, "signature does not verify"),
             Self::UnknownKey => write!(f, "signing key not in the key registry"),
             Self::KeyNotValidAt => write!(f, "signing key not valid at the recorded time"),
+            Self::TimeOrder => write!(f, "recorded time goes backwards along the log"),
             Self::BrokenHashLink => write!(f, "hash link to the previous event of the stream is broken"),
             Self::PayloadMissing => write!(f, "payload missing"),
             Self::PayloadMismatch => write!(f, "payload does not open the signed commitment"),
             Self::MerkleNodeMismatch => write!(f, "stored Merkle node is wrong"),
             Self::KeyRegistry(r) => write!(f, "key registry invalid: {r}"),
-            Self::UntrustedKeys => write!(f, "no key of the registry is trusted"),
+            Self::UntrustedKeys => write!(f, "neither the anchor key nor any checkpoint signer is trusted"),
             Self::CheckpointSignature { tree_size } => {
                 write!(f, "checkpoint of size {tree_size}: signature invalid")
             }
@@ -140,8 +144,10 @@ impl VerifyReport {
 /// Options of a verification run.
 #[derive(Clone, Debug, Default)]
 pub struct VerifyOptions {
-    /// Keys the caller trusts. When not empty, the registry's anchor or another registered
-    /// key must be one of them.
+    /// Keys the caller trusts. When not empty, the registry's anchor key must be one of
+    /// them, or a checkpoint must be signed by one of them (a trusted signer then vouches
+    /// for the whole tree it commits to, `$keys` included). Merely appearing in the
+    /// registry proves nothing: any anchor can "introduce" someone else's public key.
     pub trusted_keys: Vec<VerifyingKey>,
     /// Start after this trusted checkpoint (tree size) instead of position 0. The checkpoint
     /// must exist, verify, and its root must match the stored tree.
@@ -177,13 +183,16 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
     if let Some(f) = registry_failure {
         failures.push(f);
     }
-    if !opts.trusted_keys.is_empty()
-        && !registry.keys().any(|k| opts.trusted_keys.iter().any(|t| t.as_bytes() == k.public_key.as_bytes()))
-    {
-        failures.push(Failure { position: 0, kind: FailureKind::UntrustedKeys });
-    }
+    let trusted = |pk: &VerifyingKey| opts.trusted_keys.iter().any(|t| t.as_bytes() == pk.as_bytes());
+    let mut trust_established =
+        opts.trusted_keys.is_empty() || registry.anchor().is_some_and(|a| trusted(&a.public_key));
     let verifiers: Vec<NoteVerifier> =
         registry.keys().filter_map(|k| NoteVerifier::new(&k.name, k.public_key).ok()).collect();
+    let trusted_verifiers: Vec<NoteVerifier> = registry
+        .keys()
+        .filter(|k| trusted(&k.public_key))
+        .filter_map(|k| NoteVerifier::new(&k.name, k.public_key).ok())
+        .collect();
 
     // 2. Checkpoints: signature, and the root they claim.
     let mut checkpoints: BTreeMap<u64, Hash> = BTreeMap::new();
@@ -192,6 +201,9 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
         match Checkpoint::open(cp.note.as_bytes(), &verifiers) {
             Ok((c, _)) if c.size == cp.tree_size && c.root_hash == cp.root_hash => {
                 checkpoints.insert(cp.tree_size, cp.root_hash);
+                if !trust_established && Checkpoint::open(cp.note.as_bytes(), &trusted_verifiers).is_ok() {
+                    trust_established = true;
+                }
             }
             _ => failures.push(Failure {
                 position: cp.tree_size.saturating_sub(1),
@@ -200,6 +212,9 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
         }
     }
     report.latest_checkpoint = checkpoints.keys().next_back().copied();
+    if !trust_established {
+        failures.push(Failure { position: 0, kind: FailureKind::UntrustedKeys });
+    }
 
     // 3. Starting point.
     let start = opts.from_checkpoint.unwrap_or(0);
@@ -225,6 +240,7 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
         }
     };
     let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
+    let mut last_time = i64::MIN;
 
     // 4. Every event, in chunks.
     let chunk = opts.chunk.unwrap_or(8192).max(1);
@@ -235,8 +251,7 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
             break;
         }
         let reg = &registry;
-        let checked: Vec<Checked> =
-            tokio::task::block_in_place(|| rows.par_iter().map(|r| check_row(r, reg)).collect());
+        let checked: Vec<Checked> = crate::cpu_bound(|| rows.par_iter().map(|r| check_row(r, reg)).collect());
         for (row, result) in rows.iter().zip(checked) {
             let fail = |kind| Failure { position: expected, kind };
             if row.position != expected {
@@ -253,7 +268,7 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
             // Stream hash link.
             let prev = match heads.get(event.stream_id().as_str()) {
                 Some(h) => Some(*h),
-                None if event.stream_revision() > 0 && start > 0 => predecessor(pool, &event).await?,
+                None if event.stream_revision() > 0 && start > 0 => predecessor(pool, &event, start).await?,
                 None => None,
             };
             let linked = match prev {
@@ -265,6 +280,11 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
                 break 'chunks;
             }
             heads.insert(event.stream_id().as_str().to_owned(), (event.stream_revision(), *event.hash()));
+            if event.recorded_at().as_micros() < last_time {
+                failures.push(fail(FailureKind::TimeOrder));
+                break 'chunks;
+            }
+            last_time = event.recorded_at().as_micros();
             // Merkle: recompute the nodes this leaf completes and compare with the stored ones.
             let Ok(nodes) = frontier.append(leaf) else {
                 failures.push(fail(FailureKind::MerkleNodeMismatch));
@@ -378,13 +398,17 @@ async fn fetch_chunk(pool: &PgPool, from: u64, n: usize) -> Result<Vec<RowData>,
 }
 
 /// The previous event of a stream that started before the verification window.
-async fn predecessor(pool: &PgPool, ev: &SignedEvent) -> Result<Option<(u64, Hash)>, StoreError> {
+/// Only positions before `start` count: a predecessor cannot come later in the log.
+async fn predecessor(pool: &PgPool, ev: &SignedEvent, start: u64) -> Result<Option<(u64, Hash)>, StoreError> {
     let prev_rev = ev.stream_revision() - 1;
-    let r = sqlx::query("SELECT envelope FROM ledger_events WHERE stream_id = $1 AND stream_revision = $2")
-        .bind(ev.stream_id().as_str())
-        .bind(prev_rev as i64)
-        .fetch_optional(pool)
-        .await?;
+    let r = sqlx::query(
+        "SELECT envelope FROM ledger_events WHERE stream_id = $1 AND stream_revision = $2 AND position < $3",
+    )
+    .bind(ev.stream_id().as_str())
+    .bind(prev_rev as i64)
+    .bind(start as i64)
+    .fetch_optional(pool)
+    .await?;
     let Some(r) = r else { return Ok(None) };
     let env: Vec<u8> = r.try_get("envelope")?;
     Ok(SignedEvent::from_bytes(&env).ok().map(|p| (p.stream_revision(), *p.hash())))

@@ -38,6 +38,12 @@ pub(crate) struct AppendRequest {
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
 }
 
+impl AppendRequest {
+    fn payload_bytes(&self) -> usize {
+        self.events.iter().map(|e| e.payload.len()).sum()
+    }
+}
+
 /// What the writer knows about the ledger. Reloaded from the database after any doubt.
 pub(crate) struct LedgerState {
     pub head: u64,
@@ -76,16 +82,18 @@ struct Prepared {
     ids: HashSet<Uuid>,
 }
 
-/// Connect, take the writer lock (waiting for another writer to go away), load the state.
+/// Connect, take the writer lock (waiting for another writer to go away; with
+/// `lock_timeout`, at most that long), load the state.
 pub(crate) async fn connect_writer(
     opts: &PgConnectOptions,
+    lock_timeout: Option<Duration>,
 ) -> Result<(PgConnection, LedgerState), StoreError> {
-    let mut conn = PgConnection::connect_with(opts).await?;
-    sqlx::query("SET synchronous_commit = on").execute(&mut conn).await?;
-    // Plan every statement (and the gapless trigger's queries) for the table as it is now:
-    // generic plans cached while the ledger was small would keep scanning it whole.
-    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
+    let mut conn = connect_session(opts).await?;
+    if let Some(t) = lock_timeout {
+        sqlx::query(&format!("SET lock_timeout = {}", t.as_millis().max(1))).execute(&mut conn).await?;
+    }
     sqlx::query("SELECT pg_advisory_lock($1)").bind(WRITER_LOCK).execute(&mut conn).await?;
+    sqlx::query("SET lock_timeout = 0").execute(&mut conn).await?;
     let state = load_state(&mut conn).await?;
     Ok((conn, state))
 }
@@ -178,23 +186,38 @@ impl Writer {
                     None => break,
                 }
             }
+            let cfg = &self.planner.config;
             let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
-            while n < self.planner.config.max_batch_events {
+            let mut bytes: usize = batch.iter().map(AppendRequest::payload_bytes).sum();
+            while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
                 match carry.pop_front() {
                     Some(r) => {
                         n += r.events.len();
+                        bytes += r.payload_bytes();
                         batch.push(r);
                     }
                     None => break,
                 }
             }
-            while n < self.planner.config.max_batch_events {
+            while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
                 match self.rx.try_recv() {
                     Ok(r) => {
                         n += r.events.len();
+                        bytes += r.payload_bytes();
                         batch.push(r);
                     }
                     Err(_) => break,
+                }
+            }
+            // After an unknown outcome the state may hold phantom batches: reload it first.
+            if self.conn.is_none() && in_flight.is_none() {
+                if let Err(e) = self.reconnect().await {
+                    tracing::warn!(error = %e, "writer cannot reach the database");
+                    fail_all(batch);
+                    for r in carry.drain(..) {
+                        let _ = r.reply.send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
+                    }
+                    continue;
                 }
             }
             // Requests touching an event still in flight wait for its outcome.
@@ -278,7 +301,8 @@ impl Writer {
 
     /// Reconnect (retaking the lock) and reload the state from the database.
     async fn reconnect(&mut self) -> Result<(), StoreError> {
-        let (conn, state) = connect_writer(&self.connect).await?;
+        let (conn, state) =
+            connect_writer(&self.connect, Some(self.planner.config.recovery_lock_timeout)).await?;
         self.conn = Some(conn);
         self.planner.state = state;
         self.planner.heads.clear();
@@ -426,42 +450,41 @@ impl Planner {
             chains.into_iter().map(|(s, v)| (self.heads.get(s).map(|h| h.1), v)).collect();
         let drafts_ref = &drafts;
         let key_id = key.key_id();
-        let signed: Vec<Vec<(usize, Result<SignedEvent, ledger::LedgerError>)>> =
-            tokio::task::block_in_place(|| {
-                chains
-                    .par_iter()
-                    .map(|(base, idxs)| {
-                        let mut prev = *base;
-                        idxs.iter()
-                            .map(|&i| {
-                                let d = &drafts_ref[i];
-                                let p = &batch[d.proposed_index.0].events[d.proposed_index.1];
-                                let body = EventBody {
-                                    stream_id: d.stream.clone(),
-                                    stream_revision: d.revision,
-                                    event_id: p.event_id,
-                                    event_type: p.event_type.clone(),
-                                    schema_version: p.schema_version,
-                                    recorded_at: now,
-                                    actor: p.actor.clone(),
-                                    payload_commitment: d.payload.commitment(),
-                                    prev_hash: if d.revision == 0 {
-                                        GENESIS_PREV_HASH
-                                    } else {
-                                        prev.unwrap_or(GENESIS_PREV_HASH)
-                                    },
-                                    key_id,
-                                };
-                                let r = sign_body(body, &key, key_id);
-                                if let Ok(ev) = &r {
-                                    prev = Some(*ev.hash());
-                                }
-                                (i, r)
-                            })
-                            .collect()
-                    })
-                    .collect()
-            });
+        let signed: Vec<Vec<(usize, Result<SignedEvent, ledger::LedgerError>)>> = crate::cpu_bound(|| {
+            chains
+                .par_iter()
+                .map(|(base, idxs)| {
+                    let mut prev = *base;
+                    idxs.iter()
+                        .map(|&i| {
+                            let d = &drafts_ref[i];
+                            let p = &batch[d.proposed_index.0].events[d.proposed_index.1];
+                            let body = EventBody {
+                                stream_id: d.stream.clone(),
+                                stream_revision: d.revision,
+                                event_id: p.event_id,
+                                event_type: p.event_type.clone(),
+                                schema_version: p.schema_version,
+                                recorded_at: now,
+                                actor: p.actor.clone(),
+                                payload_commitment: d.payload.commitment(),
+                                prev_hash: if d.revision == 0 {
+                                    GENESIS_PREV_HASH
+                                } else {
+                                    prev.unwrap_or(GENESIS_PREV_HASH)
+                                },
+                                key_id,
+                            };
+                            let r = sign_body(body, &key, key_id);
+                            if let Ok(ev) = &r {
+                                prev = Some(*ev.hash());
+                            }
+                            (i, r)
+                        })
+                        .collect()
+                })
+                .collect()
+        });
         let mut events: Vec<Option<SignedEvent>> = vec![None; drafts.len()];
         for (i, r) in signed.into_iter().flatten() {
             // Signing only fails on invalid input, which validation already excluded.
@@ -498,10 +521,14 @@ impl Planner {
         if req.events.is_empty() {
             return Some(Plan::Fail(StoreError::EmptyAppend));
         }
-        if req.events.len() > self.config.max_append_events {
+        if req.events.len() > self.config.max_append_events
+            || req.payload_bytes() > self.config.max_batch_bytes
+        {
             return Some(Plan::Fail(StoreError::AppendTooLarge {
                 events: req.events.len(),
+                bytes: req.payload_bytes(),
                 max: self.config.max_append_events,
+                max_bytes: self.config.max_batch_bytes,
             }));
         }
         let mut ids = HashSet::with_capacity(req.events.len());
@@ -666,19 +693,29 @@ impl Writer {
     async fn recover(&mut self, p: Prepared, err: StoreError) {
         tracing::warn!(error = %err, events = p.rows.len(), "batch commit failed; recovering");
         self.conn = None;
-        let probe = p.rows.first().map(|r| r.event.event_id());
+        // The batch is there iff the rows at its first and last positions are its rows.
+        let probe = p.rows.first().zip(p.rows.last()).map(|(a, b)| {
+            ([a.position as i64, b.position as i64], [a.event.hash().to_vec(), b.event.hash().to_vec()])
+        });
         let mut committed = None;
         for attempt in 0..self.planner.config.recovery_attempts {
             match self.reconnect().await {
-                Ok(()) => match (self.conn.as_mut(), probe) {
-                    (Some(conn), Some(id)) => {
-                        match sqlx::query("SELECT 1 FROM ledger_events WHERE event_id = $1")
-                            .bind(id)
-                            .fetch_optional(conn)
-                            .await
+                Ok(()) => match (self.conn.as_mut(), probe.as_ref()) {
+                    (Some(conn), Some((positions, hashes))) => {
+                        match sqlx::query_scalar::<_, i64>(
+                            "SELECT count(*) FROM ledger_events WHERE (position = $1 AND event_hash = $3) \
+                             OR (position = $2 AND event_hash = $4)",
+                        )
+                        .bind(positions[0])
+                        .bind(positions[1])
+                        .bind(&hashes[0])
+                        .bind(&hashes[1])
+                        .fetch_one(conn)
+                        .await
                         {
                             Ok(found) => {
-                                committed = Some(found.is_some());
+                                let want = if positions[0] == positions[1] { 1 } else { 2 };
+                                committed = Some(found == want);
                                 break;
                             }
                             Err(_) => self.conn = None,

@@ -392,6 +392,22 @@ async fn database_enforces_immutability() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("do not extend the ledger head"), "{err}");
+    // A temporary table of the same name cannot fool the check.
+    sqlx::raw_sql(
+        "CREATE TEMP TABLE ledger_events (position int8); \
+         INSERT INTO pg_temp.ledger_events SELECT max(position) + 99 FROM public.ledger_events;",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let err = sqlx::query(
+        "INSERT INTO public.ledger_events SELECT position + 100, stream_id, stream_revision + 100, gen_random_uuid(), \
+         event_type, recorded_at, envelope, event_hash, merkle_nodes FROM public.ledger_events WHERE position = 1",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("do not extend the ledger head"), "{err}");
 }
 
 /// Tamper as a superuser with the triggers disabled; verification must name the position.
