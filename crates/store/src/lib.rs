@@ -138,6 +138,7 @@ impl EventStore {
                 state,
                 heads: Default::default(),
                 config: config.clone(),
+                force_lookup: false,
             },
         };
         let registry = load_key_registry(&pool).await?;

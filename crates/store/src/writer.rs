@@ -71,6 +71,8 @@ pub(crate) struct Planner {
     /// Last revision and hash of recently written streams (including planned ones).
     pub heads: HashMap<StreamId, (u64, Hash)>,
     pub config: StoreConfig,
+    /// Look every event id up when planning the next batch.
+    pub force_lookup: bool,
 }
 
 /// A planned, signed batch waiting for (or in) its commit.
@@ -259,6 +261,22 @@ impl Writer {
                             settle(p, None);
                             in_flight = next;
                         }
+                        Err(e) if is_event_id_conflict(&e) => {
+                            // Nothing was written: plan both batches again, with look-ups.
+                            if let Some(n) = next {
+                                for r in n.batch.into_iter().rev() {
+                                    carry.push_front(r);
+                                }
+                            }
+                            for r in p.batch.into_iter().rev() {
+                                carry.push_front(r);
+                            }
+                            self.planner.force_lookup = true;
+                            if let Err(e) = self.reload().await {
+                                tracing::warn!(error = %e, "reloading the ledger state failed");
+                                self.conn = None;
+                            }
+                        }
                         Err(e) => {
                             // The next batch was planned on top of this one: plan it again.
                             if let Some(n) = next {
@@ -297,6 +315,14 @@ impl Writer {
         if !p.rows.is_empty() {
             self.head_tx.send_replace(p.head);
         }
+    }
+
+    /// Reload the state from the database on the writer's connection.
+    async fn reload(&mut self) -> Result<(), StoreError> {
+        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        self.planner.state = load_state(conn).await?;
+        self.planner.heads.clear();
+        Ok(())
     }
 
     /// Reconnect (retaking the lock) and reload the state from the database.
@@ -357,8 +383,16 @@ impl Planner {
     ) -> Result<(Vec<Plan>, Vec<NewRow>, Frontier), StoreError> {
         let conn = self.lookup.as_mut().ok_or(StoreError::Closed)?;
         // Idempotency: which ids already exist?
-        let ids: Vec<Uuid> = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
-        let existing = load_existing(conn, &ids).await?;
+        // Look ids up where a retry must win over the revision check (non-`Any`
+        // expectations), or for every request after an id conflict. Other retries surface
+        // as a unique violation at commit, with nothing written, and are planned again.
+        let force = std::mem::take(&mut self.force_lookup);
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .filter(|r| force || r.expected != ExpectedRevision::Any)
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        let existing = if ids.is_empty() { HashMap::new() } else { load_existing(conn, &ids).await? };
         // Stream heads not in the cache.
         let missing: Vec<String> = batch
             .iter()
@@ -615,40 +649,44 @@ async fn commit_rows(conn: &mut PgConnection, rows: &[NewRow]) -> Result<(), Sto
         payloads.push(r.payload.bytes().to_vec());
     }
     let head = rows.last().map_or(0, |r| r.position + 1);
-    let mut tx = conn.begin().await?;
+    // One statement in autocommit: one round trip, one transaction, one WAL flush. The
+    // payloads' foreign keys and the gapless trigger are checked at the end of the statement.
     sqlx::query(
-            "INSERT INTO ledger_events (position, stream_id, stream_revision, event_id, event_type, recorded_at, \
-             envelope, event_hash, merkle_nodes) \
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::timestamptz[], \
-             $7::bytea[], $8::bytea[], $9::bytea[])",
-        )
-        .bind(&positions)
-        .bind(&streams)
-        .bind(&revisions)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&times)
-        .bind(&envelopes)
-        .bind(&hashes)
-        .bind(&nodes)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO ledger_payloads (position, salt, payload) \
-             SELECT * FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[])",
+        "WITH e AS (INSERT INTO ledger_events (position, stream_id, stream_revision, event_id, event_type, \
+         recorded_at, envelope, event_hash, merkle_nodes) \
+         SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::uuid[], $5::text[], $6::timestamptz[], \
+         $7::bytea[], $8::bytea[], $9::bytea[]) RETURNING 1), \
+         p AS (INSERT INTO ledger_payloads (position, salt, payload) \
+         SELECT * FROM UNNEST($1::int8[], $10::bytea[], $11::bytea[]) RETURNING 1) \
+         SELECT pg_notify($12, $13), (SELECT count(*) FROM e), (SELECT count(*) FROM p)",
     )
     .bind(&positions)
+    .bind(&streams)
+    .bind(&revisions)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&times)
+    .bind(&envelopes)
+    .bind(&hashes)
+    .bind(&nodes)
     .bind(&salts)
     .bind(&payloads)
-    .execute(&mut *tx)
+    .bind(NOTIFY_CHANNEL)
+    .bind(head.to_string())
+    .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(head.to_string())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
     Ok(())
+}
+
+/// Did the commit fail only because an event id is already stored (a retry of an event
+/// planned without a look-up)? Then nothing was written.
+fn is_event_id_conflict(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(d)) => {
+            d.constraint() == Some("ledger_events_event_id_key")
+        }
+        _ => false,
+    }
 }
 
 /// Answer every caller of a committed batch. `head` overrides the head reported to

@@ -144,6 +144,19 @@ async fn idempotent_retries() {
     assert_eq!(again.positions, first.positions);
     assert!(again.idempotent_replay);
     assert_eq!(store.read_stream(&s, 0, Direction::Forwards, 10).await.unwrap().len(), 2);
+    // A retry with `Any` is planned without a look-up, meets the unique index, and is
+    // planned again: still the original result, nothing stored twice.
+    let any = store.append(&s, ExpectedRevision::Any, events.clone()).await.unwrap();
+    assert_eq!(any.positions, first.positions);
+    assert!(any.idempotent_replay);
+    // ...also when it shares a group commit with new work.
+    let (a, b) = tokio::join!(
+        store.append(&s, ExpectedRevision::Any, events.clone()),
+        store.append(&stream(5), ExpectedRevision::Any, vec![ev("a.other", b"o")])
+    );
+    assert_eq!(a.unwrap().positions, first.positions);
+    assert!(!b.unwrap().idempotent_replay);
+    assert_eq!(store.read_stream(&s, 0, Direction::Forwards, 10).await.unwrap().len(), 2);
     // Same id, different content.
     let mut changed = events.clone();
     changed[1].payload = b"other".to_vec();
