@@ -150,9 +150,10 @@ async fn idempotent_retries() {
     assert_eq!(any.positions, first.positions);
     assert!(any.idempotent_replay);
     // ...also when it shares a group commit with new work.
+    let other = stream(5);
     let (a, b) = tokio::join!(
         store.append(&s, ExpectedRevision::Any, events.clone()),
-        store.append(&stream(5), ExpectedRevision::Any, vec![ev("a.other", b"o")])
+        store.append(&other, ExpectedRevision::Any, vec![ev("a.other", b"o")])
     );
     assert_eq!(a.unwrap().positions, first.positions);
     assert!(!b.unwrap().idempotent_replay);
