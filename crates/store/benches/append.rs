@@ -221,7 +221,11 @@ fn main() {
         println!("event: envelope {} B, payload {} B, salt 32 B, merkle nodes ~32 B", row.envelope.len(), PAYLOAD);
         println!("{:<26} {:>12} {:>9} {:>9} {:>12} {:>9} {:>9} {:>7}", "scenario", "store ev/s", "p50 ms", "p99 ms", "raw ev/s", "p50 ms", "p99 ms", "ratio");
         let mut offset = 100;
-        for (clients, batch) in [(1, 1), (16, 1), (64, 1), (1, 100), (4, 100), (1, 1000), (2, 1000)] {
+        // BENCH_ONLY=paced skips the throughput table.
+        let only_paced = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "paced");
+        let scenarios: &[(usize, usize)] =
+            if only_paced { &[] } else { &[(1, 1), (16, 1), (64, 1), (1, 100), (4, 100), (1, 1000), (2, 1000)] };
+        for &(clients, batch) in scenarios {
             let mut s = run_store(&store, clients, batch, d, offset).await;
             let mut r = run_raw(&pool, clients, batch, d, &row, offset).await;
             offset += clients;

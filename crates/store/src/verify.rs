@@ -245,11 +245,15 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
     // 4. Every event, in chunks.
     let chunk = opts.chunk.unwrap_or(8192).max(1);
     let mut expected = start;
+    // The next chunk is fetched by another task while this one is verified on all cores.
+    let mut prefetch = tokio::spawn(fetch_chunk(pool.clone(), expected, chunk));
     'chunks: loop {
-        let rows = fetch_chunk(pool, expected, chunk).await?;
+        let rows = prefetch.await.map_err(|_| StoreError::Closed)??;
         if rows.is_empty() {
             break;
         }
+        let next_from = rows.last().map_or(expected, |r| r.position + 1);
+        prefetch = tokio::spawn(fetch_chunk(pool.clone(), next_from, chunk));
         let reg = &registry;
         let checked: Vec<Checked> = crate::cpu_bound(|| rows.par_iter().map(|r| check_row(r, reg)).collect());
         for (row, result) in rows.iter().zip(checked) {
@@ -365,7 +369,7 @@ fn check_row(r: &RowData, registry: &KeyRegistry) -> Checked {
     Ok((ev, leaf))
 }
 
-async fn fetch_chunk(pool: &PgPool, from: u64, n: usize) -> Result<Vec<RowData>, StoreError> {
+async fn fetch_chunk(pool: PgPool, from: u64, n: usize) -> Result<Vec<RowData>, StoreError> {
     let rows = sqlx::query(
         "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.event_type, e.recorded_at, e.envelope, \
          e.event_hash, e.merkle_nodes, p.salt, p.payload \
@@ -374,7 +378,7 @@ async fn fetch_chunk(pool: &PgPool, from: u64, n: usize) -> Result<Vec<RowData>,
     )
     .bind(from as i64)
     .bind(n as i64)
-    .fetch_all(pool)
+    .fetch_all(&pool)
     .await?;
     rows.iter()
         .map(|r| {
