@@ -269,6 +269,9 @@ fn validate_slot(start: Timestamp, end: Timestamp, now: Timestamp) -> Result<(),
     if start <= now {
         return Err(DomainError::AppointmentInPast);
     }
+    if start.as_micros() > now.as_micros().saturating_add(BOOKING_HORIZON_MICROS) {
+        return Err(DomainError::MalformedValue { field: "start" });
+    }
     let len = end.as_micros().saturating_sub(start.as_micros());
     if len <= 0 || len > DAY_MICROS {
         return Err(DomainError::AppointmentBadInterval);
@@ -276,7 +279,15 @@ fn validate_slot(start: Timestamp, end: Timestamp, now: Timestamp) -> Result<(),
     Ok(())
 }
 
+/// 1880-01-01T00:00:00Z: no clinical time lies before it.
+const EARLIEST_MICROS: i64 = -2_840_140_800_000_000;
+/// Appointments are booked at most this far ahead (about two years).
+const BOOKING_HORIZON_MICROS: i64 = 731 * DAY_MICROS;
+
 fn validate_effective(at: Timestamp, now: Timestamp) -> Result<(), DomainError> {
+    if at.as_micros() < EARLIEST_MICROS {
+        return Err(DomainError::MalformedValue { field: "effective_at" });
+    }
     if at.as_micros() > now.as_micros().saturating_add(EFFECTIVE_SKEW_MICROS) {
         return Err(DomainError::EffectiveInFuture);
     }

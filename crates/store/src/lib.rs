@@ -243,6 +243,18 @@ impl EventStore {
         rows.iter().map(decode_row).collect()
     }
 
+    /// The stored event with this id, if any (to answer a client's retry).
+    pub async fn event_by_id(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+             WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(decode_row).transpose()
+    }
+
     /// Up to `max` events of `$all` from `from_position`, optionally filtered.
     pub async fn read_all(
         &self,

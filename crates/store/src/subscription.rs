@@ -30,6 +30,11 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Result<RecordedEvent, StoreError>> {
         self.rx.recv().await
     }
+
+    /// The next event if one is already buffered, without waiting (to batch what is ready).
+    pub fn try_next(&mut self) -> Option<Result<RecordedEvent, StoreError>> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl Drop for Subscription {

@@ -650,7 +650,8 @@ async fn commit_rows(conn: &mut PgConnection, rows: &[NewRow]) -> Result<(), Sto
     }
     let head = rows.last().map_or(0, |r| r.position + 1);
     // One statement in autocommit: one round trip, one transaction, one WAL flush. The
-    // payloads' foreign keys and the gapless trigger are checked at the end of the statement.
+    // gapless trigger runs at the end of the statement; payload positions are the ones
+    // just assigned to the events (there is no per-row foreign key, see the migration).
     sqlx::query(
         "WITH e AS (INSERT INTO ledger_events (position, stream_id, stream_revision, event_id, event_type, \
          recorded_at, envelope, event_hash, merkle_nodes) \

@@ -1,0 +1,136 @@
+-- The `records` projection: one generation's tables. `__SCHEMA__` is replaced by the
+-- generation's schema name (rm_records_g<N>). Read-model rows are derived data: the
+-- runner is their only writer, and a rebuild recreates them from the ledger.
+
+CREATE SCHEMA __SCHEMA__;
+
+-- Patient index and demographics; one row per patient stream, with the fold's counters.
+CREATE TABLE __SCHEMA__.patients (
+    patient_id          uuid PRIMARY KEY,
+    registered          boolean NOT NULL,
+    mrn                 text,
+    family              text,
+    given               text[],
+    birth_date          date,
+    sex                 text,
+    contact             jsonb,
+    registered_at       timestamptz,
+    updated_at          timestamptz,
+    demographics_version integer,
+    merged_into         uuid,
+    revision            bigint NOT NULL,
+    position            bigint NOT NULL,
+    anomalies           bigint NOT NULL
+);
+CREATE INDEX ON __SCHEMA__.patients (mrn);
+CREATE INDEX ON __SCHEMA__.patients (lower(family) text_pattern_ops);
+CREATE INDEX ON __SCHEMA__.patients (birth_date);
+
+-- Clinical entries at their current version.
+CREATE TABLE __SCHEMA__.entries (
+    entry_id        uuid PRIMARY KEY,
+    patient_id      uuid NOT NULL,
+    kind            text NOT NULL,
+    status          text NOT NULL,
+    current_version integer NOT NULL,
+    effective_at    timestamptz NOT NULL,
+    recorded_at     timestamptz NOT NULL,
+    position        bigint NOT NULL
+);
+CREATE INDEX ON __SCHEMA__.entries (patient_id, kind, effective_at DESC);
+
+-- Every version of every entry (recorded, amended, entered in error).
+CREATE TABLE __SCHEMA__.entry_versions (
+    entry_id     uuid NOT NULL,
+    version      integer NOT NULL,
+    patient_id   uuid NOT NULL,
+    change       text NOT NULL,
+    amendment_id uuid,
+    reason       text,
+    content      jsonb NOT NULL,
+    effective_at timestamptz NOT NULL,
+    author_id    uuid NOT NULL,
+    author_role  text NOT NULL,
+    recorded_at  timestamptz NOT NULL,
+    event_id     uuid NOT NULL,
+    position     bigint NOT NULL,
+    PRIMARY KEY (entry_id, version)
+);
+CREATE INDEX ON __SCHEMA__.entry_versions (patient_id);
+CREATE INDEX ON __SCHEMA__.entry_versions (amendment_id) WHERE amendment_id IS NOT NULL;
+
+-- Consent versions; the highest version of a patient is in force.
+CREATE TABLE __SCHEMA__.consents (
+    patient_id   uuid NOT NULL,
+    version      integer NOT NULL,
+    consent_id   uuid NOT NULL,
+    change       text NOT NULL,
+    method       text,
+    supersedes   uuid,
+    withdrawn    text[],
+    granted      text[] NOT NULL,
+    witness_id   uuid,
+    effective_at timestamptz NOT NULL,
+    recorded_at  timestamptz NOT NULL,
+    recorded_by  uuid NOT NULL,
+    position     bigint NOT NULL,
+    PRIMARY KEY (patient_id, version)
+);
+
+-- Current care-team members ("their own patients").
+CREATE TABLE __SCHEMA__.care_team (
+    patient_id   uuid NOT NULL,
+    clinician_id uuid NOT NULL,
+    care_role    text NOT NULL,
+    assigned_at  timestamptz NOT NULL,
+    assigned_by  uuid NOT NULL,
+    PRIMARY KEY (patient_id, clinician_id)
+);
+CREATE INDEX ON __SCHEMA__.care_team (clinician_id);
+
+CREATE TABLE __SCHEMA__.appointments (
+    appointment_id uuid PRIMARY KEY,
+    patient_id     uuid NOT NULL,
+    clinician_id   uuid NOT NULL,
+    visit_type     text NOT NULL,
+    start_at       timestamptz NOT NULL,
+    end_at         timestamptz NOT NULL,
+    status         text NOT NULL,
+    version        integer NOT NULL,
+    updated_at     timestamptz NOT NULL
+);
+CREATE INDEX ON __SCHEMA__.appointments (patient_id, start_at);
+CREATE INDEX ON __SCHEMA__.appointments (clinician_id, start_at);
+
+-- Who accessed which record: one row per access event.
+CREATE TABLE __SCHEMA__.access_log (
+    position           bigint PRIMARY KEY,
+    event_id           uuid NOT NULL,
+    patient_id         uuid NOT NULL,
+    user_id            uuid NOT NULL,
+    role               text NOT NULL,
+    accessed_at        timestamptz NOT NULL,
+    resources          text[] NOT NULL,
+    action             text NOT NULL,
+    purpose            text NOT NULL,
+    break_glass_reason text,
+    client_addr        text,
+    user_agent         text,
+    session_id         uuid
+);
+CREATE INDEX ON __SCHEMA__.access_log (patient_id, accessed_at);
+CREATE INDEX ON __SCHEMA__.access_log (user_id, accessed_at);
+CREATE INDEX ON __SCHEMA__.access_log (accessed_at);
+
+-- Staff directory (users and their roles), from `$staff`.
+CREATE TABLE __SCHEMA__.users (
+    user_id      uuid PRIMARY KEY,
+    username     text NOT NULL,
+    display_name text NOT NULL,
+    roles        text[] NOT NULL,
+    patient_id   uuid,
+    active       boolean NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    position     bigint NOT NULL
+);
+CREATE INDEX ON __SCHEMA__.users (username);

@@ -1,0 +1,32 @@
+//! Errors of the read side. Codes are stable (`projection.*`); messages carry no PHI.
+
+use store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("the read models did not reach position {position} within the timeout")]
+    Timeout { position: u64 },
+    #[error("the projection runner has stopped")]
+    Stopped,
+    #[error("a read-model row is inconsistent: {what}")]
+    Corrupt { what: &'static str },
+    #[error("another runner moved the projection's position")]
+    PositionMoved,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl ProjectionError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "projection.timeout",
+            Self::Stopped => "projection.stopped",
+            Self::Corrupt { .. } => "projection.corrupt",
+            Self::PositionMoved => "projection.position_moved",
+            Self::Store(e) => e.code(),
+            Self::Database(_) => "projection.database",
+        }
+    }
+}

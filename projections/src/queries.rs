@@ -1,0 +1,291 @@
+//! Reads from the active read models (the `rm.*` views). Every function takes ids and
+//! returns domain values; access control and access logging are the caller's (the API's)
+//! job, so that nothing here can be reached without them by mistake... and nothing here
+//! logs clinical values.
+
+use std::collections::BTreeSet;
+
+use domain::chart::{Appointment, CareTeamMember, Chart, ConsentVersion, EntryVersion};
+use domain::events::{AccessAction, PurposeOfUse, ResourceKind, Role};
+use ledger::Timestamp;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::error::ProjectionError;
+use crate::records;
+use crate::sqlmap::*;
+
+/// The read models' query side.
+#[derive(Clone, Debug)]
+pub struct ReadModels {
+    pool: PgPool,
+}
+
+/// A patient-index search. Every given criterion must match.
+#[derive(Clone, Debug, Default)]
+pub struct PatientSearch {
+    /// Prefix of the family name, case-insensitive.
+    pub family_prefix: Option<String>,
+    pub birth_date: Option<time::Date>,
+    pub mrn: Option<String>,
+}
+
+/// A line of the patient index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatientSummary {
+    pub patient_id: Uuid,
+    pub mrn: String,
+    pub family: String,
+    pub given: Vec<String>,
+    pub birth_date: time::Date,
+    pub sex: String,
+    pub merged_into: Option<Uuid>,
+}
+
+/// An access-log query: by patient, by user, by time range, or any mix.
+#[derive(Clone, Debug, Default)]
+pub struct AccessQuery {
+    pub patient_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    pub limit: u32,
+}
+
+/// One line of the access log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLine {
+    pub position: u64,
+    pub patient_id: Uuid,
+    pub user_id: Uuid,
+    pub role: String,
+    pub accessed_at: Timestamp,
+    pub resources: BTreeSet<ResourceKind>,
+    pub action: AccessAction,
+    pub purpose: PurposeOfUse,
+    pub break_glass_reason: Option<String>,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    pub session_id: Option<Uuid>,
+}
+
+/// A staff (or patient) user account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRow {
+    pub user_id: Uuid,
+    pub username: String,
+    pub display_name: String,
+    pub roles: BTreeSet<Role>,
+    pub patient_id: Option<Uuid>,
+    pub active: bool,
+}
+
+const MAX_LIMIT: u32 = 1000;
+
+impl ReadModels {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// A patient's whole chart (current versions and full history of every entry).
+    pub async fn chart(&self, patient_id: Uuid) -> Result<Option<Chart>, ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        // One snapshot for all the chart's tables.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let chart = records::load_chart(&mut tx, "rm", patient_id).await?;
+        tx.commit().await?;
+        Ok(chart)
+    }
+
+    pub async fn search_patients(
+        &self,
+        q: &PatientSearch,
+        limit: u32,
+    ) -> Result<Vec<PatientSummary>, ProjectionError> {
+        let prefix = q.family_prefix.as_ref().map(|p| {
+            format!("{}%", p.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+        });
+        let rows = sqlx::query(
+            "SELECT patient_id, mrn, family, given, birth_date, sex, merged_into FROM rm.patients \
+             WHERE registered AND ($1::text IS NULL OR lower(family) LIKE $1) AND ($2::date IS NULL OR birth_date = $2) \
+             AND ($3::text IS NULL OR mrn = $3) ORDER BY lower(family), patient_id LIMIT $4",
+        )
+        .bind(prefix)
+        .bind(q.birth_date)
+        .bind(&q.mrn)
+        .bind(i64::from(limit.clamp(1, MAX_LIMIT)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let corrupt = |what| ProjectionError::Corrupt { what };
+                Ok(PatientSummary {
+                    patient_id: r.try_get("patient_id")?,
+                    mrn: r.try_get::<Option<String>, _>("mrn")?.ok_or(corrupt("mrn"))?,
+                    family: r.try_get::<Option<String>, _>("family")?.ok_or(corrupt("family"))?,
+                    given: r.try_get::<Option<Vec<String>>, _>("given")?.unwrap_or_default(),
+                    birth_date: r
+                        .try_get::<Option<time::Date>, _>("birth_date")?
+                        .ok_or(corrupt("birth_date"))?,
+                    sex: r.try_get::<Option<String>, _>("sex")?.unwrap_or_default(),
+                    merged_into: r.try_get("merged_into")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every version of an entry, oldest first, with the patient it belongs to.
+    pub async fn entry_history(
+        &self,
+        entry_id: Uuid,
+    ) -> Result<Option<(Uuid, Vec<EntryVersion>)>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT patient_id, entry_id, version, change, amendment_id, reason, content::text AS content, effective_at, \
+             author_id, author_role, recorded_at, event_id, position FROM rm.entry_versions \
+             WHERE entry_id = (SELECT coalesce((SELECT entry_id FROM rm.entry_versions WHERE amendment_id = $1 LIMIT 1), $1)) \
+             ORDER BY version",
+        )
+        .bind(entry_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let patient: Uuid = first.try_get("patient_id")?;
+        let versions = rows.iter().map(records::entry_version_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((patient, versions)))
+    }
+
+    /// Consent versions of a patient, oldest first (the last is in force).
+    pub async fn consent_history(&self, patient_id: Uuid) -> Result<Vec<ConsentVersion>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT patient_id, version, consent_id, change, method, supersedes, withdrawn, granted, witness_id, \
+             effective_at, recorded_at, recorded_by, position FROM rm.consents WHERE patient_id = $1 ORDER BY version",
+        )
+        .bind(patient_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(records::consent_from).collect()
+    }
+
+    pub async fn care_team(&self, patient_id: Uuid) -> Result<Vec<CareTeamMember>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT patient_id, clinician_id, care_role, assigned_at, assigned_by FROM rm.care_team \
+             WHERE patient_id = $1 ORDER BY assigned_at, clinician_id",
+        )
+        .bind(patient_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(records::care_from).collect()
+    }
+
+    /// Is `clinician_id` on the patient's care team (the basis of "their own patients")?
+    pub async fn is_on_care_team(
+        &self,
+        patient_id: Uuid,
+        clinician_id: Uuid,
+    ) -> Result<bool, ProjectionError> {
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM rm.care_team WHERE patient_id = $1 AND clinician_id = $2")
+                .bind(patient_id)
+                .bind(clinician_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// The patients whose care team includes `clinician_id`.
+    pub async fn patients_of(&self, clinician_id: Uuid) -> Result<Vec<Uuid>, ProjectionError> {
+        Ok(sqlx::query_scalar(
+            "SELECT patient_id FROM rm.care_team WHERE clinician_id = $1 ORDER BY patient_id",
+        )
+        .bind(clinician_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn appointments_of_patient(
+        &self,
+        patient_id: Uuid,
+    ) -> Result<Vec<Appointment>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT appointment_id, patient_id, clinician_id, visit_type, start_at, end_at, status, version, updated_at \
+             FROM rm.appointments WHERE patient_id = $1 ORDER BY start_at",
+        )
+        .bind(patient_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(records::appointment_from).collect()
+    }
+
+    /// A clinician's schedule in `[from, to)`, with each appointment's patient.
+    pub async fn schedule(
+        &self,
+        clinician_id: Uuid,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<(Uuid, Appointment)>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT appointment_id, patient_id, clinician_id, visit_type, start_at, end_at, status, version, updated_at \
+             FROM rm.appointments WHERE clinician_id = $1 AND start_at >= $2 AND start_at < $3 ORDER BY start_at",
+        )
+        .bind(clinician_id)
+        .bind(odt(from))
+        .bind(odt(to))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("patient_id")?, records::appointment_from(r)?))).collect()
+    }
+
+    /// The access log, newest first.
+    pub async fn access_log(&self, q: &AccessQuery) -> Result<Vec<AccessLine>, ProjectionError> {
+        let rows = sqlx::query(
+            "SELECT position, patient_id, user_id, role, accessed_at, resources, action, purpose, break_glass_reason, \
+             client_addr, user_agent, session_id FROM rm.access_log \
+             WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
+             AND ($3::timestamptz IS NULL OR accessed_at >= $3) AND ($4::timestamptz IS NULL OR accessed_at < $4) \
+             ORDER BY accessed_at DESC, position DESC LIMIT $5",
+        )
+        .bind(q.patient_id)
+        .bind(q.user_id)
+        .bind(q.from.map(odt))
+        .bind(q.to.map(odt))
+        .bind(i64::from(q.limit.clamp(1, MAX_LIMIT)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AccessLine {
+                    position: upos(r.try_get("position")?),
+                    patient_id: r.try_get("patient_id")?,
+                    user_id: r.try_get("user_id")?,
+                    role: r.try_get("role")?,
+                    accessed_at: ts(r.try_get("accessed_at")?),
+                    resources: parse_all(&r.try_get::<Vec<String>, _>("resources")?, "resource")?,
+                    action: parse(&r.try_get::<String, _>("action")?, "action")?,
+                    purpose: parse(&r.try_get::<String, _>("purpose")?, "purpose")?,
+                    break_glass_reason: r.try_get("break_glass_reason")?,
+                    client_addr: r.try_get("client_addr")?,
+                    user_agent: r.try_get("user_agent")?,
+                    session_id: r.try_get("session_id")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, ProjectionError> {
+        let row = sqlx::query("SELECT user_id, username, display_name, roles, patient_id, active FROM rm.users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(UserRow {
+                user_id: r.try_get("user_id")?,
+                username: r.try_get("username")?,
+                display_name: r.try_get("display_name")?,
+                roles: parse_all(&r.try_get::<Vec<String>, _>("roles")?, "role")?,
+                patient_id: r.try_get("patient_id")?,
+                active: r.try_get("active")?,
+            })
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,545 @@
+//! The projection runner: exactly-once application of `$all` to the read models, with
+//! blue/green rebuilds and read-your-writes.
+//!
+//! **Exactly once.** Each batch runs in one transaction that first locks the
+//! generation's row in `projection_generations` and checks that its `position` is where
+//! the batch starts, then writes the read-model rows, then moves `position` past the
+//! batch. A crash loses the whole transaction (and the runner resumes from the stored
+//! position); a second runner on the same generation finds the position moved and
+//! reloads instead of applying twice.
+//!
+//! **Blue/green.** [`Projections::rebuild`] creates generation N+1 in its own schema and
+//! runs a second runner on it from position 0 while generation N keeps serving. Once the
+//! new generation has caught up with the old one, a single transaction marks N retired
+//! and N+1 active and points the `rm.*` views at N+1. The old runner sees `retired` in
+//! its next batch and stops; its schema is then dropped.
+
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{DomainError, Recorded};
+use sqlx::{PgPool, Row};
+use store::{AllFilter, EventStore, RecordedEvent};
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::error::ProjectionError;
+use crate::records::{self, ChartCache};
+use crate::sqlmap::{pos, upos};
+
+/// The name of the one projection this crate runs (charts, index, access log, staff).
+pub const PROJECTION: &str = "records";
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Most events per live batch (one transaction).
+    pub batch_events: usize,
+    /// Events per page when catching up or rebuilding.
+    pub page_events: usize,
+    /// Partial charts kept between batches before the cache is dropped.
+    pub cache_charts: usize,
+    /// Wait before retrying after a database error.
+    pub retry_backoff: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            batch_events: 2000,
+            page_events: 10_000,
+            cache_charts: 100_000,
+            retry_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A generation of the projection's tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    pub generation: i32,
+    pub schema: String,
+    pub status: String,
+    pub position: u64,
+    pub skipped: u64,
+}
+
+fn schema_of(generation: i32) -> String {
+    format!("rm_{PROJECTION}_g{generation}")
+}
+
+/// The running read side: the active generation's runner, and a builder during a rebuild.
+#[derive(Clone, Debug)]
+pub struct Projections {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: EventStore,
+    pool: PgPool,
+    config: RunnerConfig,
+    active_generation: AtomicI32,
+    /// Position of the active generation (next position to apply).
+    active_position: watch::Sender<u64>,
+    /// Events skipped (erased or undecodable) by the active generation.
+    skipped: AtomicU64,
+    tasks: Mutex<Vec<(i32, JoinHandle<()>)>>,
+}
+
+impl Projections {
+    /// Make sure an active generation exists (creating generation 1 on a fresh database),
+    /// and start its runner. A rebuild interrupted by a restart is resumed.
+    pub async fn start(store: EventStore, config: RunnerConfig) -> Result<Self, ProjectionError> {
+        let pool = store.pool().clone();
+        let active = ensure_active(&pool).await?;
+        let (active_position, _) = watch::channel(active.position);
+        let inner = Arc::new(Inner {
+            store,
+            pool,
+            config,
+            active_generation: AtomicI32::new(active.generation),
+            active_position,
+            skipped: AtomicU64::new(active.skipped),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let this = Self { inner };
+        this.spawn_runner(active.generation, false).await;
+        if let Some(building) =
+            generations(&this.inner.pool).await?.into_iter().find(|g| g.status == "building")
+        {
+            this.spawn_runner(building.generation, true).await;
+        }
+        Ok(this)
+    }
+
+    async fn spawn_runner(&self, generation: i32, building: bool) {
+        let inner = self.inner.clone();
+        let handle = tokio::spawn(async move { run(inner, generation, building).await });
+        self.inner.tasks.lock().await.push((generation, handle));
+    }
+
+    /// The next `$all` position the active read models will apply: every event before it
+    /// is visible to readers.
+    pub fn position(&self) -> u64 {
+        *self.inner.active_position.borrow()
+    }
+
+    pub fn active_generation(&self) -> i32 {
+        self.inner.active_generation.load(Ordering::Acquire)
+    }
+
+    /// Events the active generation skipped because their payload was erased or did not
+    /// decode.
+    pub fn skipped(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Read-your-writes: wait until the read models include the event at `position`
+    /// (an append's result), or time out.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<(), ProjectionError> {
+        let mut rx = self.inner.active_position.subscribe();
+        let outcome =
+            tokio::time::timeout(timeout, async { rx.wait_for(|p| *p > position).await.map(|_| ()) }).await;
+        match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ProjectionError::Stopped),
+            Err(_) => Err(ProjectionError::Timeout { position }),
+        }
+    }
+
+    /// How many committed events the active read models have not applied yet.
+    pub async fn lag(&self) -> Result<u64, ProjectionError> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(position) + 1, 0) FROM ledger_events")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(upos(head).saturating_sub(self.position()))
+    }
+
+    /// Every generation and its state.
+    pub async fn generations(&self) -> Result<Vec<Generation>, ProjectionError> {
+        generations(&self.inner.pool).await
+    }
+
+    /// Blue/green rebuild: fill a new generation from position 0 while the active one
+    /// keeps serving, switch over once caught up, drop the old one. Returns the new
+    /// generation when it has become active, or times out (the rebuild then continues in
+    /// the background).
+    pub async fn rebuild(&self, timeout: Duration) -> Result<i32, ProjectionError> {
+        let generation = create_generation(&self.inner.pool, "building").await?;
+        self.spawn_runner(generation.generation, true).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.inner.active_position.subscribe();
+        while self.active_generation() != generation.generation {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(ProjectionError::Timeout { position: self.position() });
+            }
+        }
+        Ok(generation.generation)
+    }
+
+    /// Stop every runner (the read models stay as they are).
+    pub async fn shutdown(&self) {
+        for (_, h) in self.inner.tasks.lock().await.drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// Create the active generation if there is none; return it.
+async fn ensure_active(pool: &PgPool) -> Result<Generation, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chartledger.projections'))")
+        .execute(&mut *tx)
+        .await?;
+    let found = sqlx::query(
+        "SELECT generation FROM projection_generations WHERE projection = $1 AND status = 'active'",
+    )
+    .bind(PROJECTION)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        let g = next_generation(&mut tx).await?;
+        create_tables(&mut tx, g, "active").await?;
+        point_views(&mut tx, &schema_of(g)).await?;
+    }
+    tx.commit().await?;
+    generations(pool)
+        .await?
+        .into_iter()
+        .find(|g| g.status == "active")
+        .ok_or(ProjectionError::Corrupt { what: "no active generation" })
+}
+
+async fn create_generation(pool: &PgPool, status: &str) -> Result<Generation, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chartledger.projections'))")
+        .execute(&mut *tx)
+        .await?;
+    let g = next_generation(&mut tx).await?;
+    create_tables(&mut tx, g, status).await?;
+    tx.commit().await?;
+    Ok(Generation { generation: g, schema: schema_of(g), status: status.to_owned(), position: 0, skipped: 0 })
+}
+
+async fn next_generation(tx: &mut sqlx::PgConnection) -> Result<i32, ProjectionError> {
+    let max: Option<i32> =
+        sqlx::query_scalar("SELECT max(generation) FROM projection_generations WHERE projection = $1")
+            .bind(PROJECTION)
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(max.unwrap_or(0) + 1)
+}
+
+async fn create_tables(
+    tx: &mut sqlx::PgConnection,
+    generation: i32,
+    status: &str,
+) -> Result<(), ProjectionError> {
+    let schema = schema_of(generation);
+    sqlx::raw_sql(&records::TABLES_SQL.replace("__SCHEMA__", &schema)).execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO projection_generations (projection, generation, schema_name, status, activated_at) \
+         VALUES ($1, $2, $3, $4, CASE WHEN $4 = 'active' THEN now() END)",
+    )
+    .bind(PROJECTION)
+    .bind(generation)
+    .bind(&schema)
+    .bind(status)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Point the `rm.*` views at `schema` (inside the caller's transaction).
+async fn point_views(tx: &mut sqlx::PgConnection, schema: &str) -> Result<(), ProjectionError> {
+    for t in records::TABLES {
+        sqlx::query(&format!("DROP VIEW IF EXISTS rm.{t}")).execute(&mut *tx).await?;
+        sqlx::query(&format!("CREATE VIEW rm.{t} AS SELECT * FROM {schema}.{t}")).execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+async fn generations(pool: &PgPool) -> Result<Vec<Generation>, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT generation, schema_name, status, position, skipped FROM projection_generations \
+         WHERE projection = $1 ORDER BY generation",
+    )
+    .bind(PROJECTION)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Generation {
+                generation: r.try_get("generation")?,
+                schema: r.try_get("schema_name")?,
+                status: r.try_get("status")?,
+                position: upos(r.try_get("position")?),
+                skipped: upos(r.try_get("skipped")?),
+            })
+        })
+        .collect()
+}
+
+/// Why a runner stops for good.
+enum Exit {
+    Retired,
+}
+
+async fn run(inner: Arc<Inner>, generation: i32, building: bool) {
+    let mut building = building;
+    loop {
+        match run_once(&inner, generation, &mut building).await {
+            Ok(Exit::Retired) => {
+                tracing::info!(generation, "projection generation retired; runner stops");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(generation, code = e.code(), error = %e, "projection runner failed; retrying");
+                tokio::time::sleep(inner.config.retry_backoff).await;
+            }
+        }
+    }
+}
+
+/// Catch up by pages, then follow live; returns only when retired or on an error.
+async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> Result<Exit, ProjectionError> {
+    let schema = schema_of(generation);
+    let mut position = stored_position(&inner.pool, generation).await?;
+    let mut cache = if position == 0 { ChartCache::fresh() } else { ChartCache::default() };
+    let page = inner.config.page_events.max(1);
+
+    // Catch up by pages, reading the next page while applying this one.
+    let read = |from: u64| {
+        let store = inner.store.clone();
+        tokio::spawn(async move { read_page(&store, from, page).await })
+    };
+    let mut next = Some(read(position));
+    while let Some(pending) = next.take() {
+        let decoded = pending.await.map_err(|_| ProjectionError::Stopped)??;
+        let count = decoded.count;
+        if count == page {
+            next = Some(read(position + count as u64));
+        }
+        if count > 0 {
+            let Some(p) = commit(inner, generation, &schema, &mut cache, position, &decoded).await? else {
+                return Ok(Exit::Retired);
+            };
+            position = p;
+        }
+        if count < page {
+            break;
+        }
+    }
+    if *building && try_switch(inner, generation).await? {
+        *building = false;
+    }
+
+    // Live.
+    let mut sub = inner.store.subscribe_all(position, AllFilter::default());
+    loop {
+        let Some(first) = sub.next().await else { return Err(ProjectionError::Stopped) };
+        let mut raw = vec![first?];
+        while raw.len() < inner.config.batch_events {
+            match sub.try_next() {
+                Some(e) => raw.push(e?),
+                None => break,
+            }
+        }
+        let decoded = decode_all(&raw);
+        let Some(p) = commit(inner, generation, &schema, &mut cache, position, &decoded).await? else {
+            return Ok(Exit::Retired);
+        };
+        position = p;
+        // Switching is safe at any batch boundary: the switch compares positions itself.
+        if *building && try_switch(inner, generation).await? {
+            *building = false;
+        }
+    }
+}
+
+/// A page of `$all`, decoded: the domain events, how many raw events it held, and
+/// how many were skipped because they could not be decoded.
+struct Decoded {
+    events: Vec<Recorded>,
+    count: usize,
+    skipped: u64,
+}
+
+async fn read_page(store: &EventStore, from: u64, max: usize) -> Result<Decoded, ProjectionError> {
+    let raw = store.read_all(from, max, &AllFilter::default()).await?;
+    Ok(decode_all(&raw))
+}
+
+/// Decode what can be decoded. Key-registry events are not domain events; anything
+/// else that does not decode (an erased payload) is skipped, counted and logged by
+/// position and error code.
+fn decode_all(raw: &[RecordedEvent]) -> Decoded {
+    let mut events = Vec::with_capacity(raw.len());
+    let mut skipped = 0;
+    for r in raw {
+        match Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
+            Ok(e) => events.push(e),
+            Err(DomainError::UnknownEventType) if r.event.stream_id().as_str() == ledger::StreamId::KEYS => {}
+            Err(e) => {
+                skipped += 1;
+                tracing::warn!(position = r.position, code = e.code(), "event skipped by the projection");
+            }
+        }
+    }
+    Decoded { events, count: raw.len(), skipped }
+}
+
+/// Apply `count` raw events starting at `from` in one transaction; returns the new
+/// position, or `None` when the generation has been retired.
+async fn commit(
+    inner: &Arc<Inner>,
+    generation: i32,
+    schema: &str,
+    cache: &mut ChartCache,
+    from: u64,
+    page: &Decoded,
+) -> Result<Option<u64>, ProjectionError> {
+    let to = from + page.count as u64;
+    let skipped = i64::try_from(page.skipped).unwrap_or(i64::MAX);
+    let batch = &page.events;
+    let result = async {
+        let mut tx = inner.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT position, status FROM projection_generations WHERE projection = $1 AND generation = $2 FOR UPDATE",
+        )
+        .bind(PROJECTION)
+        .bind(generation)
+        .fetch_one(&mut *tx)
+        .await?;
+        let status: String = row.try_get("status")?;
+        if status == "retired" {
+            return Ok(None);
+        }
+        if upos(row.try_get("position")?) != from {
+            return Err(ProjectionError::PositionMoved);
+        }
+        records::apply_batch(&mut tx, schema, cache, batch).await?;
+        sqlx::query(
+            "UPDATE projection_generations SET position = $3, skipped = skipped + $4, updated_at = now() \
+             WHERE projection = $1 AND generation = $2",
+        )
+        .bind(PROJECTION)
+        .bind(generation)
+        .bind(pos(to))
+        .bind(skipped)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(status))
+    }
+    .await;
+    match result {
+        Ok(Some(status)) => {
+            cache.fresh = false;
+            if cache.len() > inner.config.cache_charts {
+                cache.clear();
+            }
+            if status == "active" || inner.active_generation.load(Ordering::Acquire) == generation {
+                inner.skipped.fetch_add(skipped as u64, Ordering::Relaxed);
+                inner.active_position.send_replace(to);
+            }
+            Ok(Some(to))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            // The transaction rolled back: what the cache holds may be ahead of the tables.
+            cache.clear();
+            Err(e)
+        }
+    }
+}
+
+async fn stored_position(pool: &PgPool, generation: i32) -> Result<u64, ProjectionError> {
+    let p: i64 = sqlx::query_scalar(
+        "SELECT position FROM projection_generations WHERE projection = $1 AND generation = $2",
+    )
+    .bind(PROJECTION)
+    .bind(generation)
+    .fetch_one(pool)
+    .await?;
+    Ok(upos(p))
+}
+
+/// Make `generation` (building) the active one if it has caught up with the active
+/// generation. Returns whether it switched.
+async fn try_switch(inner: &Arc<Inner>, generation: i32) -> Result<bool, ProjectionError> {
+    let mut tx = inner.pool.begin().await?;
+    let rows = sqlx::query(
+        "SELECT generation, status, position, skipped FROM projection_generations \
+         WHERE projection = $1 AND status IN ('active', 'building') ORDER BY generation FOR UPDATE",
+    )
+    .bind(PROJECTION)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut mine = None;
+    let mut active = None;
+    for r in &rows {
+        let g: i32 = r.try_get("generation")?;
+        let status: String = r.try_get("status")?;
+        let p = upos(r.try_get("position")?);
+        let skipped = upos(r.try_get("skipped")?);
+        if g == generation {
+            mine = Some((status, p, skipped));
+        } else if status == "active" {
+            active = Some((g, p));
+        }
+    }
+    let Some((status, my_position, my_skipped)) = mine else { return Ok(false) };
+    if status != "building" {
+        return Ok(status == "active");
+    }
+    if let Some((_, active_position)) = active {
+        if my_position < active_position {
+            return Ok(false);
+        }
+    }
+    sqlx::query("UPDATE projection_generations SET status = 'retired', updated_at = now() WHERE projection = $1 AND status = 'active'")
+        .bind(PROJECTION)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE projection_generations SET status = 'active', activated_at = now(), updated_at = now() \
+         WHERE projection = $1 AND generation = $2",
+    )
+    .bind(PROJECTION)
+    .bind(generation)
+    .execute(&mut *tx)
+    .await?;
+    point_views(&mut tx, &schema_of(generation)).await?;
+    tx.commit().await?;
+    inner.active_generation.store(generation, Ordering::Release);
+    inner.skipped.store(my_skipped, Ordering::Relaxed);
+    inner.active_position.send_replace(my_position);
+    tracing::info!(generation, position = my_position, "projection generation switched to active");
+    if let Some((old, _)) = active {
+        let inner = inner.clone();
+        tokio::spawn(async move { drop_retired(&inner, old).await });
+    }
+    Ok(true)
+}
+
+/// Drop a retired generation's schema once its runner has stopped.
+async fn drop_retired(inner: &Arc<Inner>, generation: i32) {
+    let handles: Vec<JoinHandle<()>> = {
+        let mut tasks = inner.tasks.lock().await;
+        let (old, keep): (Vec<_>, Vec<_>) = tasks.drain(..).partition(|(g, _)| *g == generation);
+        *tasks = keep;
+        old.into_iter().map(|(_, h)| h).collect()
+    };
+    for h in handles {
+        // The old runner stops at its next batch (it finds itself retired); if it is
+        // idle, waiting for events, stop it here.
+        h.abort();
+        let _ = h.await;
+    }
+    let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", schema_of(generation));
+    if let Err(e) = sqlx::query(&sql).execute(&inner.pool).await {
+        tracing::warn!(generation, error = %e, "could not drop a retired projection generation");
+    }
+}

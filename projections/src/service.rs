@@ -1,0 +1,201 @@
+//! The command side: validate a command against the patient's current chart (folded
+//! from the ledger, not the possibly lagging read model), append the resulting event
+//! with the stream's revision as the expected revision, and retry from a fresh fold if
+//! another writer got there first. Retrying a command with the same event id returns
+//! the original result (idempotency), whatever the chart says now.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use domain::commands::{decide, Command};
+use domain::events::{DomainEvent, RecordAccessed};
+use domain::{streams, Chart, DomainError, Recorded};
+use ledger::{Actor, StreamId, Timestamp};
+use store::{EventStore, ExpectedRevision, ProposedEvent, StoreError};
+use uuid::Uuid;
+
+use crate::pit::read_whole_stream;
+
+/// How often a command is re-decided after losing an expected-revision race.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("the record kept changing; the command was not applied")]
+    Contention,
+    #[error("this event id was already used for a different event")]
+    IdempotencyConflict,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Projection(#[from] crate::ProjectionError),
+}
+
+impl From<StoreError> for RecordsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::IdempotencyConflict { .. } => Self::IdempotencyConflict,
+            e => Self::Store(e),
+        }
+    }
+}
+
+impl RecordsError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Domain(e) => e.code(),
+            Self::Contention => "records.contention",
+            Self::IdempotencyConflict => "records.idempotency_conflict",
+            Self::Store(e) => e.code(),
+            Self::Projection(e) => e.code(),
+        }
+    }
+}
+
+/// What a command appended (or, for a retry, had appended).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub position: u64,
+    pub revision: u64,
+    pub event_id: Uuid,
+    pub event_type: &'static str,
+    pub idempotent_replay: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Records {
+    store: EventStore,
+}
+
+fn now() -> Timestamp {
+    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    Timestamp::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+}
+
+impl Records {
+    pub fn new(store: EventStore) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// The patient's chart at the head, from the ledger.
+    pub async fn current_chart(&self, patient_id: Uuid) -> Result<Chart, RecordsError> {
+        let raw = read_whole_stream(&self.store, patient_id).await?;
+        let mut chart = Chart::new(patient_id);
+        for r in &raw {
+            // Undecodable (erased) events are left out, as in every other fold.
+            if let Ok(e) = Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
+                chart.apply(&e);
+            }
+        }
+        Ok(chart)
+    }
+
+    /// Validate and append `command` for `patient_id` as `actor`. `event_id` is the
+    /// client's UUIDv7: sending the same command again with it is safe.
+    pub async fn execute(
+        &self,
+        patient_id: Uuid,
+        actor: Actor,
+        event_id: Uuid,
+        command: Command,
+    ) -> Result<Executed, RecordsError> {
+        ledger::ids::validate_event_id(event_id).map_err(StoreError::from)?;
+        let stream = streams::patient(patient_id);
+        if let Some(done) = self.replayed(&stream, event_id).await? {
+            return Ok(done);
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let chart = self.current_chart(patient_id).await?;
+            let event = decide(&chart, command.clone(), now())?;
+            let expected = chart.revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            match self.append(&stream, expected, actor.clone(), event_id, &event).await {
+                Err(RecordsError::Store(StoreError::WrongExpectedRevision { .. })) => continue,
+                other => return other,
+            }
+        }
+        Err(RecordsError::Contention)
+    }
+
+    /// Record an access to a patient's record, in the patient's access stream.
+    pub async fn record_access(
+        &self,
+        actor: Actor,
+        event_id: Uuid,
+        access: RecordAccessed,
+    ) -> Result<Executed, RecordsError> {
+        access.validate()?;
+        let stream = streams::access(access.patient_id);
+        self.append(&stream, ExpectedRevision::Any, actor, event_id, &DomainEvent::RecordAccessed(access))
+            .await
+    }
+
+    /// Append a security or staff event to its system stream.
+    pub async fn record_system(
+        &self,
+        actor: Actor,
+        event_id: Uuid,
+        event: DomainEvent,
+    ) -> Result<Executed, RecordsError> {
+        let stream = match &event {
+            DomainEvent::LoginSucceeded(_)
+            | DomainEvent::LoginFailed(_)
+            | DomainEvent::MfaEnrolled(_)
+            | DomainEvent::SessionEnded(_) => streams::security(),
+            DomainEvent::UserCreated(_)
+            | DomainEvent::RoleGranted(_)
+            | DomainEvent::RoleRevoked(_)
+            | DomainEvent::UserDeactivated(_) => streams::staff(),
+            _ => return Err(DomainError::UnknownEventType.into()),
+        };
+        self.append(&stream, ExpectedRevision::Any, actor, event_id, &event).await
+    }
+
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedRevision,
+        actor: Actor,
+        event_id: Uuid,
+        event: &DomainEvent,
+    ) -> Result<Executed, RecordsError> {
+        let proposed = ProposedEvent {
+            event_id,
+            event_type: event.event_type(),
+            schema_version: event.schema_version(),
+            actor,
+            payload: event.to_payload(),
+        };
+        let r = self.store.append(stream, expected, vec![proposed]).await?;
+        Ok(Executed {
+            position: r.last_position(),
+            revision: r.last_revision,
+            event_id,
+            event_type: event.type_name(),
+            idempotent_replay: r.idempotent_replay,
+        })
+    }
+
+    /// The original result if `event_id` is already stored in `stream`.
+    async fn replayed(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<Executed>, RecordsError> {
+        let Some(found) = self.store.event_by_id(event_id).await? else { return Ok(None) };
+        if found.event.stream_id() != stream {
+            return Err(RecordsError::IdempotencyConflict);
+        }
+        let event_type = domain::events::CATALOG
+            .iter()
+            .find(|(n, _)| *n == found.event.body().event_type.as_str())
+            .map_or("unknown", |(n, _)| *n);
+        Ok(Some(Executed {
+            position: found.position,
+            revision: found.event.stream_revision(),
+            event_id,
+            event_type,
+            idempotent_replay: true,
+        }))
+    }
+}

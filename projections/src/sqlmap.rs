@@ -1,0 +1,63 @@
+//! Small conversions between domain values and SQL columns.
+
+use ledger::{Actor, RoleName, Timestamp};
+use serde::{de::DeserializeOwned, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::ProjectionError;
+
+pub fn odt(t: Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+pub fn ts(t: OffsetDateTime) -> Timestamp {
+    Timestamp::from_micros((t.unix_timestamp_nanos() / 1000) as i64)
+}
+
+pub fn pos(p: u64) -> i64 {
+    i64::try_from(p).unwrap_or(i64::MAX)
+}
+
+pub fn upos(p: i64) -> u64 {
+    u64::try_from(p).unwrap_or(0)
+}
+
+/// A unit-like enum's serde name (`"soap_note"`).
+pub fn name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The enum value named `s`.
+pub fn parse<T: DeserializeOwned>(s: &str, what: &'static str) -> Result<T, ProjectionError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| ProjectionError::Corrupt { what })
+}
+
+pub fn parse_all<T: DeserializeOwned + Ord>(
+    v: &[String],
+    what: &'static str,
+) -> Result<std::collections::BTreeSet<T>, ProjectionError> {
+    v.iter().map(|s| parse(s, what)).collect()
+}
+
+pub fn names<'a, T: Serialize + 'a>(v: impl IntoIterator<Item = &'a T>) -> Vec<String> {
+    v.into_iter().map(name).collect()
+}
+
+/// A JSON document for a `jsonb` column (bound as text, cast in SQL).
+pub fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+pub fn from_json<T: DeserializeOwned>(s: &str, what: &'static str) -> Result<T, ProjectionError> {
+    serde_json::from_str(s).map_err(|_| ProjectionError::Corrupt { what })
+}
+
+pub fn actor(user_id: Uuid, role: &str) -> Result<Actor, ProjectionError> {
+    Ok(Actor { user_id, role: RoleName::new(role).map_err(|_| ProjectionError::Corrupt { what: "role" })? })
+}
