@@ -1,1 +1,267 @@
-fn main() {}
+//! Read-side benchmark: `cargo bench -p projections --bench projections`.
+//!
+//! In one run, on a fresh database:
+//! 1. a realistic ledger is written through the store (registrations, entries of every
+//!    kind, amendments, retractions, consents, care-team changes, appointments and ~40%
+//!    record accesses over many patients): `BENCH_EVENTS` events (default 1,000,000)
+//!    over `BENCH_PATIENTS` patients (default 20,000);
+//! 2. baseline: a plain scan of `$all` in the runner's pages (read and decode the rows,
+//!    no projection work);
+//! 3. projection rebuild rate: a fresh runner from position 0 to the head, then a
+//!    blue/green rebuild into a second generation while the first serves;
+//! 4. point-in-time chart reconstruction for patients with 1,000 and 10,000 events.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use domain::chart::Chart;
+use domain::commands::decide;
+use domain::events::{DomainEvent, Role};
+use domain::sim::{Sim, Step};
+use domain::{streams, Recorded};
+use ed25519_dalek::SigningKey;
+use ledger::{Actor, LedgerSigningKey, StreamId, Timestamp};
+use projections::pit::chart_as_of;
+use projections::{Projections, RunnerConfig};
+use store::{AllFilter, EventStore, ExpectedRevision, ProposedEvent, StoreConfig};
+use testdb::TestDb;
+use uuid::Uuid;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn now() -> Timestamp {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+    Timestamp::from_micros(micros as i64)
+}
+
+fn proposed(event: &DomainEvent, role: Role, user: Uuid) -> ProposedEvent {
+    ProposedEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event.event_type(),
+        schema_version: event.schema_version(),
+        actor: Actor { user_id: user, role: role.role_name() },
+        payload: event.to_payload(),
+    }
+}
+
+/// Keeps the simulator's charts current without a database.
+fn apply_local(chart: &mut Chart, event: &DomainEvent, at: Timestamp) {
+    let revision = chart.revision.map_or(0, |r| r + 1);
+    chart.apply(&Recorded {
+        position: 0,
+        stream: streams::patient(chart.patient_id),
+        stream_revision: revision,
+        event_id: Uuid::nil(),
+        recorded_at: at,
+        actor: Actor::system(),
+        event: event.clone(),
+    });
+}
+
+async fn append_all(store: &EventStore, batch: HashMap<StreamId, Vec<ProposedEvent>>) {
+    let mut jobs = Vec::new();
+    for (stream, events) in batch {
+        for chunk in events.chunks(1000) {
+            jobs.push((stream.clone(), chunk.to_vec()));
+        }
+    }
+    // Bounded concurrency: at most 64 appends in flight.
+    let mut inflight = Vec::new();
+    for (s, evs) in jobs {
+        let store = store.clone();
+        inflight.push(tokio::spawn(async move { store.append(&s, ExpectedRevision::Any, evs).await }));
+        if inflight.len() >= 64 {
+            for h in inflight.drain(..) {
+                h.await.unwrap().unwrap();
+            }
+        }
+    }
+    for h in inflight {
+        h.await.unwrap().unwrap();
+    }
+}
+
+/// Write the realistic ledger; returns (events written, clinical events, accesses).
+async fn populate(store: &EventStore, events: usize, patients: usize) -> (usize, usize) {
+    let mut sim = Sim::new(2026);
+    let user = Uuid::now_v7();
+    let mut charts = Vec::with_capacity(patients);
+    let mut written = 0;
+    let mut accesses = 0;
+    let mut batch: HashMap<StreamId, Vec<ProposedEvent>> = HashMap::new();
+    let t = now();
+    for _ in 0..patients {
+        let (id, cmd) = sim.register();
+        let mut chart = Chart::new(id);
+        let event = decide(&chart, cmd, t).unwrap();
+        apply_local(&mut chart, &event, t);
+        batch.entry(streams::patient(id)).or_default().push(proposed(&event, Role::Receptionist, user));
+        charts.push(chart);
+        written += 1;
+    }
+    while written < events {
+        let t = now();
+        for _ in 0..50_000.min(events - written) {
+            let i = sim.rng.below(charts.len() as u64) as usize;
+            let chart = &mut charts[i];
+            match sim.step(chart, t) {
+                Step::Command { command, author_role, patient_id } => {
+                    let event = decide(chart, command, t).unwrap();
+                    apply_local(chart, &event, t);
+                    batch.entry(streams::patient(patient_id)).or_default().push(proposed(
+                        &event,
+                        author_role,
+                        user,
+                    ));
+                }
+                Step::Access { event, role } => {
+                    let stream = streams::access(event.patient_id);
+                    let event = DomainEvent::RecordAccessed(event);
+                    batch.entry(stream).or_default().push(proposed(&event, role, user));
+                    accesses += 1;
+                }
+            }
+            written += 1;
+        }
+        append_all(store, std::mem::take(&mut batch)).await;
+        if written % 200_000 < 50_000 {
+            println!("  written {written} events");
+        }
+    }
+    append_all(store, batch).await;
+    (written, accesses)
+}
+
+/// One patient with `n` clinical events (no accesses: those live in another stream).
+async fn big_patient(store: &EventStore, n: usize, seed: u64) -> Uuid {
+    let mut sim = Sim::new(seed);
+    sim.access_percent = 0;
+    let user = Uuid::now_v7();
+    let t = now();
+    let (id, cmd) = sim.register();
+    let mut chart = Chart::new(id);
+    let event = decide(&chart, cmd, t).unwrap();
+    apply_local(&mut chart, &event, t);
+    let mut events = vec![proposed(&event, Role::Receptionist, user)];
+    while events.len() < n {
+        if let Step::Command { command, author_role, .. } = sim.step(&chart, t) {
+            let event = decide(&chart, command, t).unwrap();
+            apply_local(&mut chart, &event, t);
+            events.push(proposed(&event, author_role, user));
+        }
+    }
+    let stream = streams::patient(id);
+    for chunk in events.chunks(1000) {
+        store.append(&stream, ExpectedRevision::Any, chunk.to_vec()).await.unwrap();
+    }
+    id
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+async fn wait_until(projections: &Projections, head: u64) -> Duration {
+    let start = Instant::now();
+    projections.wait_for(head - 1, Duration::from_secs(3600)).await.unwrap();
+    start.elapsed()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let events = env_usize("BENCH_EVENTS", 1_000_000);
+        let patients = env_usize("BENCH_PATIENTS", 20_000);
+        let db = TestDb::new().await.unwrap();
+        let key = LedgerSigningKey::new("bench.example/ledger", SigningKey::from_bytes(&[9u8; 32])).unwrap();
+        let store = EventStore::open(db.pool().clone(), key, StoreConfig::default()).await.unwrap();
+
+        println!("projections bench: {events} events over {patients} patients (writing...)");
+        let t = Instant::now();
+        let (written, accesses) = populate(&store, events, patients).await;
+        let pit_1k = big_patient(&store, 1_000, 7).await;
+        let pit_10k = big_patient(&store, 10_000, 8).await;
+        let head = store.head().size;
+        println!(
+            "  wrote {written} events ({accesses} accesses) + 11,000 for two large charts in {:.1} s; head {head}",
+            t.elapsed().as_secs_f64()
+        );
+        sqlx::query("VACUUM ANALYZE").execute(db.pool()).await.unwrap();
+
+        // Baseline: scan $all in the runner's page size, with the store's row decoding.
+        let page = RunnerConfig::default().page_events;
+        let t = Instant::now();
+        let mut from = 0;
+        loop {
+            let rows = store.read_all(from, page, &AllFilter::default()).await.unwrap();
+            from += rows.len() as u64;
+            if rows.len() < page {
+                break;
+            }
+        }
+        let scan = t.elapsed().as_secs_f64();
+        let scan_rate = head as f64 / scan;
+        println!("baseline: scan of $all (read + envelope decode): {scan_rate:.0} ev/s ({scan:.1} s)");
+
+        // Rebuild 1: a fresh runner from position 0.
+        let t = Instant::now();
+        let projections = Projections::start(store.clone(), RunnerConfig::default()).await.unwrap();
+        wait_until(&projections, head).await;
+        let first = t.elapsed().as_secs_f64();
+        let rate1 = head as f64 / first;
+        println!(
+            "rebuild (fresh runner, generation 1): {rate1:.0} ev/s ({first:.1} s) = {:.2} x scan baseline",
+            rate1 / scan_rate
+        );
+
+        // Rebuild 2: blue/green into generation 2 while generation 1 serves.
+        let t = Instant::now();
+        let generation = projections.rebuild(Duration::from_secs(3600)).await.unwrap();
+        let second = t.elapsed().as_secs_f64();
+        let rate2 = head as f64 / second;
+        println!(
+            "rebuild (blue/green, generation {generation}): {rate2:.0} ev/s ({second:.1} s) = {:.2} x scan baseline",
+            rate2 / scan_rate
+        );
+
+        // Point-in-time reconstruction.
+        for (label, id) in [("1,000", pit_1k), ("10,000", pit_10k)] {
+            let at = now();
+            let mut times = Vec::new();
+            let mut n = 0;
+            for _ in 0..30 {
+                let t = Instant::now();
+                let pit = chart_as_of(&store, id, at).await.unwrap();
+                times.push(t.elapsed());
+                n = pit.events;
+            }
+            let mut fetch = Vec::new();
+            for _ in 0..30 {
+                let t = Instant::now();
+                store.read_stream_as_of(&streams::patient(id), at).await.unwrap();
+                fetch.push(t.elapsed());
+            }
+            let mut sql = Vec::new();
+            let read = projections::ReadModels::new(db.pool().clone());
+            for _ in 0..30 {
+                let t = Instant::now();
+                read.chart(id).await.unwrap().unwrap();
+                sql.push(t.elapsed());
+            }
+            println!(
+                "point-in-time chart, {label} events ({n} folded): p50 {:.2} ms, p95 {:.2} ms; \
+                 baseline fetch of the same rows p50 {:.2} ms; read-model chart p50 {:.2} ms",
+                pct(&mut times, 0.5),
+                pct(&mut times, 0.95),
+                pct(&mut fetch, 0.5),
+                pct(&mut sql, 0.5)
+            );
+        }
+        projections.shutdown().await;
+    });
+}

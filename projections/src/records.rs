@@ -39,7 +39,9 @@ pub const TABLES: &[&str] = &[
 pub struct ChartCache {
     charts: HashMap<Uuid, Chart>,
     loaded: HashSet<(Uuid, EntityKey)>,
-    /// Rebuilds start from empty tables: nothing needs loading.
+    /// Set when the runner started on empty tables at position 0 and has kept every
+    /// entity it wrote since: nothing needs loading. Cleared with the cache (after an
+    /// eviction or a failed transaction, including another runner moving the position).
     pub fresh: bool,
 }
 

@@ -436,7 +436,6 @@ async fn commit(
     .await;
     match result {
         Ok(Some(status)) => {
-            cache.fresh = false;
             if cache.len() > inner.config.cache_charts {
                 cache.clear();
             }

@@ -209,11 +209,11 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = match direction {
             Direction::Forwards => {
-                "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+                "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
                  WHERE stream_id = $1 AND stream_revision >= $2 ORDER BY stream_revision LIMIT $3"
             }
             Direction::Backwards => {
-                "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+                "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
                  WHERE stream_id = $1 AND stream_revision <= $2 ORDER BY stream_revision DESC LIMIT $3"
             }
         };
@@ -233,7 +233,7 @@ impl EventStore {
         at: Timestamp,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+            "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
              WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY stream_revision",
         )
         .bind(stream.as_str())
@@ -246,7 +246,7 @@ impl EventStore {
     /// The stored event with this id, if any (to answer a client's retry).
     pub async fn event_by_id(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let row = sqlx::query(
-            "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+            "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
              WHERE event_id = $1",
         )
         .bind(event_id)
@@ -359,7 +359,7 @@ pub(crate) async fn read_all<'e>(
         .as_ref()
         .map(|p| format!("{}%", p.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
     let rows = sqlx::query(
-        "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
          WHERE position >= $1 AND (cardinality($2::text[]) = 0 OR event_type = ANY($2)) \
          AND ($3::text IS NULL OR stream_id LIKE $3) ORDER BY position LIMIT $4",
     )
@@ -405,7 +405,7 @@ pub(crate) fn decode_row(r: &PgRow) -> Result<RecordedEvent, StoreError> {
 /// Fold `$keys` into a registry (verifying every registry event).
 pub(crate) async fn load_key_registry(pool: &PgPool) -> Result<KeyRegistry, StoreError> {
     let rows = sqlx::query(
-        "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
          WHERE stream_id = $1 ORDER BY stream_revision",
     )
     .bind(StreamId::KEYS)

@@ -156,7 +156,7 @@ async fn read_stream_page(
     next: u64,
 ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
     let rows = sqlx::query(
-        "SELECT e.*, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
+        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
          WHERE stream_id = $1 AND stream_revision >= $2 ORDER BY stream_revision LIMIT $3",
     )
     .bind(stream.as_str())
