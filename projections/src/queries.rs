@@ -5,8 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use domain::chart::{Appointment, CareTeamMember, Chart, ConsentVersion, EntryVersion};
-use domain::events::{AccessAction, PurposeOfUse, ResourceKind, Role};
+use domain::chart::{AccessLogEntry, Appointment, CareTeamMember, Chart, ConsentVersion, EntryVersion};
+use domain::events::Role;
 use ledger::Timestamp;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -50,23 +50,6 @@ pub struct AccessQuery {
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
     pub limit: u32,
-}
-
-/// One line of the access log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessLine {
-    pub position: u64,
-    pub patient_id: Uuid,
-    pub user_id: Uuid,
-    pub role: String,
-    pub accessed_at: Timestamp,
-    pub resources: BTreeSet<ResourceKind>,
-    pub action: AccessAction,
-    pub purpose: PurposeOfUse,
-    pub break_glass_reason: Option<String>,
-    pub client_addr: Option<String>,
-    pub user_agent: Option<String>,
-    pub session_id: Option<Uuid>,
 }
 
 /// A staff (or patient) user account.
@@ -236,9 +219,9 @@ impl ReadModels {
     }
 
     /// The access log, newest first.
-    pub async fn access_log(&self, q: &AccessQuery) -> Result<Vec<AccessLine>, ProjectionError> {
+    pub async fn access_log(&self, q: &AccessQuery) -> Result<Vec<AccessLogEntry>, ProjectionError> {
         let rows = sqlx::query(
-            "SELECT position, patient_id, user_id, role, accessed_at, resources, action, purpose, break_glass_reason, \
+            "SELECT position, event_id, patient_id, user_id, role, accessed_at, resources, action, purpose, break_glass_reason, \
              client_addr, user_agent, session_id FROM rm.access_log \
              WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
              AND ($3::timestamptz IS NULL OR accessed_at >= $3) AND ($4::timestamptz IS NULL OR accessed_at < $4) \
@@ -253,8 +236,9 @@ impl ReadModels {
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(AccessLine {
+                Ok(AccessLogEntry {
                     position: upos(r.try_get("position")?),
+                    event_id: r.try_get("event_id")?,
                     patient_id: r.try_get("patient_id")?,
                     user_id: r.try_get("user_id")?,
                     role: r.try_get("role")?,

@@ -161,6 +161,22 @@ fn registered() -> (Chart, Sim) {
     (chart, sim)
 }
 
+/// Decide `cmd` against `chart` and fold the event in as the stream's next revision.
+fn decide_and_apply(chart: &mut Chart, cmd: Command, now: Timestamp) -> Result<(), DomainError> {
+    let event = decide(chart, cmd, now)?;
+    let next = chart.revision.map_or(0, |r| r + 1);
+    chart.apply(&Recorded {
+        position: next,
+        stream: StreamId::patient(chart.patient_id),
+        stream_revision: next,
+        event_id: Uuid::now_v7(),
+        recorded_at: now,
+        actor: Actor::system(),
+        event,
+    });
+    Ok(())
+}
+
 #[test]
 fn commands_are_refused_with_typed_errors() {
     let now = Timestamp::from_micros(NOW);
@@ -228,21 +244,7 @@ fn amendments_keep_history_and_retractions_freeze_the_entry() {
     let now = Timestamp::from_micros(NOW);
     let (mut chart, mut sim) = registered();
     let entry_id = Uuid::now_v7();
-    let mut rev = 1;
-    let mut apply = |chart: &mut Chart, cmd: Command| -> Result<(), DomainError> {
-        let event = decide(chart, cmd, now)?;
-        chart.apply(&Recorded {
-            position: rev,
-            stream: StreamId::patient(chart.patient_id),
-            stream_revision: rev,
-            event_id: Uuid::now_v7(),
-            recorded_at: now,
-            actor: Actor::system(),
-            event,
-        });
-        rev += 1;
-        Ok(())
-    };
+    let apply = |chart: &mut Chart, cmd: Command| decide_and_apply(chart, cmd, now);
     let first = sim.content(Some(EntryKind::Observation));
     apply(&mut chart, Command::RecordEntry { entry_id, content: first.clone(), effective_at: now }).unwrap();
     let amendment_id = Uuid::now_v7();
@@ -313,20 +315,7 @@ fn amendments_keep_history_and_retractions_freeze_the_entry() {
 fn consent_supersedes_and_withdraws_by_purpose() {
     let now = Timestamp::from_micros(NOW);
     let (mut chart, _) = registered();
-    let mut rev = 1;
-    let mut apply = |chart: &mut Chart, cmd: Command| {
-        let event = decide(chart, cmd, now).expect("accepted");
-        chart.apply(&Recorded {
-            position: rev,
-            stream: StreamId::patient(chart.patient_id),
-            stream_revision: rev,
-            event_id: Uuid::now_v7(),
-            recorded_at: now,
-            actor: Actor::system(),
-            event,
-        });
-        rev += 1;
-    };
+    let apply = |chart: &mut Chart, cmd: Command| decide_and_apply(chart, cmd, now).expect("accepted");
     let all: BTreeSet<Purpose> = Purpose::ALL.into_iter().collect();
     let first = Uuid::now_v7();
     apply(
