@@ -28,6 +28,9 @@ REVOKE ALL ON projection_generations FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE ON projection_generations TO chartledger_app;
 GRANT SELECT ON projection_generations TO chartledger_readonly;
 GRANT USAGE ON SCHEMA rm TO chartledger_app, chartledger_readonly;
+-- The runner (re)creates the rm.* views at each switch and grants SELECT on them to
+-- chartledger_readonly.
+GRANT CREATE ON SCHEMA rm TO chartledger_app;
 -- The runner creates one schema per generation.
 DO $$ BEGIN
     EXECUTE format('GRANT CREATE ON DATABASE %I TO chartledger_app', current_database());

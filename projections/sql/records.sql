@@ -27,15 +27,18 @@ CREATE INDEX ON __SCHEMA__.patients (lower(family) text_pattern_ops);
 CREATE INDEX ON __SCHEMA__.patients (birth_date);
 
 -- Clinical entries at their current version.
+-- Ids come from clients: they are unique within a patient's record, so every key
+-- includes the patient (a client reusing another patient's id cannot touch that record).
 CREATE TABLE __SCHEMA__.entries (
-    entry_id        uuid PRIMARY KEY,
+    entry_id        uuid NOT NULL,
     patient_id      uuid NOT NULL,
     kind            text NOT NULL,
     status          text NOT NULL,
     current_version integer NOT NULL,
     effective_at    timestamptz NOT NULL,
     recorded_at     timestamptz NOT NULL,
-    position        bigint NOT NULL
+    position        bigint NOT NULL,
+    PRIMARY KEY (patient_id, entry_id)
 );
 CREATE INDEX ON __SCHEMA__.entries (patient_id, kind, effective_at DESC);
 
@@ -54,10 +57,9 @@ CREATE TABLE __SCHEMA__.entry_versions (
     recorded_at  timestamptz NOT NULL,
     event_id     uuid NOT NULL,
     position     bigint NOT NULL,
-    PRIMARY KEY (entry_id, version)
+    PRIMARY KEY (patient_id, entry_id, version)
 );
-CREATE INDEX ON __SCHEMA__.entry_versions (patient_id);
-CREATE INDEX ON __SCHEMA__.entry_versions (amendment_id) WHERE amendment_id IS NOT NULL;
+CREATE INDEX ON __SCHEMA__.entry_versions (patient_id, amendment_id) WHERE amendment_id IS NOT NULL;
 
 -- Consent versions; the highest version of a patient is in force.
 CREATE TABLE __SCHEMA__.consents (
@@ -89,7 +91,7 @@ CREATE TABLE __SCHEMA__.care_team (
 CREATE INDEX ON __SCHEMA__.care_team (clinician_id);
 
 CREATE TABLE __SCHEMA__.appointments (
-    appointment_id uuid PRIMARY KEY,
+    appointment_id uuid NOT NULL,
     patient_id     uuid NOT NULL,
     clinician_id   uuid NOT NULL,
     visit_type     text NOT NULL,
@@ -97,7 +99,8 @@ CREATE TABLE __SCHEMA__.appointments (
     end_at         timestamptz NOT NULL,
     status         text NOT NULL,
     version        integer NOT NULL,
-    updated_at     timestamptz NOT NULL
+    updated_at     timestamptz NOT NULL,
+    PRIMARY KEY (patient_id, appointment_id)
 );
 CREATE INDEX ON __SCHEMA__.appointments (patient_id, start_at);
 CREATE INDEX ON __SCHEMA__.appointments (clinician_id, start_at);

@@ -12,6 +12,8 @@ pub enum ProjectionError {
     Corrupt { what: &'static str },
     #[error("another runner moved the projection's position")]
     PositionMoved,
+    #[error("the event at position {position} was written by a newer build; upgrade to project it")]
+    NewerEvent { position: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -25,6 +27,7 @@ impl ProjectionError {
             Self::Stopped => "projection.stopped",
             Self::Corrupt { .. } => "projection.corrupt",
             Self::PositionMoved => "projection.position_moved",
+            Self::NewerEvent { .. } => "projection.newer_event",
             Self::Store(e) => e.code(),
             Self::Database(_) => "projection.database",
         }

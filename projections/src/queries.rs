@@ -117,24 +117,28 @@ impl ReadModels {
             .collect()
     }
 
-    /// Every version of an entry, oldest first, with the patient it belongs to.
+    /// Every version of one of a patient's entries (named by its id or the id of one of
+    /// its amendments), oldest first.
     pub async fn entry_history(
         &self,
+        patient_id: Uuid,
         entry_id: Uuid,
-    ) -> Result<Option<(Uuid, Vec<EntryVersion>)>, ProjectionError> {
+    ) -> Result<Option<Vec<EntryVersion>>, ProjectionError> {
         let rows = sqlx::query(
             "SELECT patient_id, entry_id, version, change, amendment_id, reason, content::text AS content, effective_at, \
              author_id, author_role, recorded_at, event_id, position FROM rm.entry_versions \
-             WHERE entry_id = (SELECT coalesce((SELECT entry_id FROM rm.entry_versions WHERE amendment_id = $1 LIMIT 1), $1)) \
+             WHERE patient_id = $1 AND entry_id = coalesce((SELECT entry_id FROM rm.entry_versions \
+               WHERE patient_id = $1 AND amendment_id = $2 LIMIT 1), $2) \
              ORDER BY version",
         )
+        .bind(patient_id)
         .bind(entry_id)
         .fetch_all(&self.pool)
         .await?;
-        let Some(first) = rows.first() else { return Ok(None) };
-        let patient: Uuid = first.try_get("patient_id")?;
-        let versions = rows.iter().map(records::entry_version_from).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((patient, versions)))
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        rows.iter().map(records::entry_version_from).collect::<Result<Vec<_>, _>>().map(Some)
     }
 
     /// Consent versions of a patient, oldest first (the last is in force).

@@ -136,23 +136,29 @@ async fn load_missing(
 ) -> Result<(), ProjectionError> {
     let missing_patients: Vec<Uuid> =
         patients.iter().copied().filter(|p| !cache.loaded.contains(&(*p, EntityKey::Demographics))).collect();
-    let mut entries = Vec::new();
+    let mut entries = (Vec::new(), Vec::new());
     let mut consents = Vec::new();
     let mut care = (Vec::new(), Vec::new());
-    let mut appointments = Vec::new();
+    let mut appointments = (Vec::new(), Vec::new());
     for (p, k) in touched {
         if cache.loaded.contains(&(*p, *k)) {
             continue;
         }
         match k {
             EntityKey::Demographics => {}
-            EntityKey::Entry(id) => entries.push(*id),
+            EntityKey::Entry(id) => {
+                entries.0.push(*p);
+                entries.1.push(*id);
+            }
             EntityKey::Consent => consents.push(*p),
             EntityKey::CareTeamMember(c) => {
                 care.0.push(*p);
                 care.1.push(*c);
             }
-            EntityKey::Appointment(a) => appointments.push(*a),
+            EntityKey::Appointment(a) => {
+                appointments.0.push(*p);
+                appointments.1.push(*a);
+            }
         }
     }
     if !missing_patients.is_empty() {
@@ -171,12 +177,12 @@ async fn load_missing(
             cache.loaded.insert((*p, EntityKey::Demographics));
         }
     }
-    if !entries.is_empty() {
+    if !entries.0.is_empty() {
         let sql = format!(
-            "SELECT patient_id, {ENTRY_VERSION_COLS} FROM {schema}.entry_versions WHERE entry_id = ANY($1) \
-             ORDER BY entry_id, version"
+            "SELECT patient_id, {ENTRY_VERSION_COLS} FROM {schema}.entry_versions WHERE (patient_id, entry_id) IN \
+             (SELECT * FROM UNNEST($1::uuid[], $2::uuid[])) ORDER BY patient_id, entry_id, version"
         );
-        let rows = sqlx::query(&sql).bind(&entries).fetch_all(&mut *conn).await?;
+        let rows = sqlx::query(&sql).bind(&entries.0).bind(&entries.1).fetch_all(&mut *conn).await?;
         for row in &rows {
             let patient: Uuid = row.try_get("patient_id")?;
             let chart = cache.charts.entry(patient).or_insert_with(|| Chart::new(patient));
@@ -209,10 +215,13 @@ async fn load_missing(
                 .insert(m.clinician_id, m);
         }
     }
-    if !appointments.is_empty() {
-        let sql =
-            format!("SELECT {APPOINTMENT_COLS} FROM {schema}.appointments WHERE appointment_id = ANY($1)");
-        let rows = sqlx::query(&sql).bind(&appointments).fetch_all(&mut *conn).await?;
+    if !appointments.0.is_empty() {
+        let sql = format!(
+            "SELECT {APPOINTMENT_COLS} FROM {schema}.appointments WHERE (patient_id, appointment_id) IN \
+             (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))"
+        );
+        let rows =
+            sqlx::query(&sql).bind(&appointments.0).bind(&appointments.1).fetch_all(&mut *conn).await?;
         for row in &rows {
             let patient: Uuid = row.try_get("patient_id")?;
             let a = appointment_from(row)?;
@@ -393,7 +402,9 @@ pub(crate) fn appointment_from(row: &PgRow) -> Result<Appointment, ProjectionErr
 /// A column of JSON-array texts, turned into `text[]` per row in SQL (sqlx binds no
 /// two-dimensional arrays).
 fn text_array(col: &str) -> String {
-    format!("ARRAY(SELECT jsonb_array_elements_text({col}::jsonb))")
+    format!(
+        "ARRAY(SELECT v FROM jsonb_array_elements_text({col}::jsonb) WITH ORDINALITY AS a(v, i) ORDER BY i)"
+    )
 }
 
 async fn write_charts(
@@ -574,7 +585,7 @@ impl EntryCols {
         let sql = format!(
             "INSERT INTO {schema}.entries (entry_id, patient_id, kind, status, current_version, effective_at, recorded_at, position) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bigint[]) \
-             ON CONFLICT (entry_id) DO UPDATE SET status = EXCLUDED.status, current_version = EXCLUDED.current_version, \
+             ON CONFLICT (patient_id, entry_id) DO UPDATE SET status = EXCLUDED.status, current_version = EXCLUDED.current_version, \
                effective_at = EXCLUDED.effective_at, recorded_at = EXCLUDED.recorded_at, position = EXCLUDED.position"
         );
         sqlx::query(&sql)
@@ -639,7 +650,7 @@ impl VersionCols {
              FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], \
                          $8::timestamptz[], $9::uuid[], $10::text[], $11::timestamptz[], $12::uuid[], $13::bigint[]) \
                   AS u(e, v, p, c, a, r, ct, ef, au, ro, rc, ev, pos) \
-             ON CONFLICT (entry_id, version) DO NOTHING"
+             ON CONFLICT (patient_id, entry_id, version) DO NOTHING"
         );
         sqlx::query(&sql)
             .bind(self.entry)
@@ -809,7 +820,7 @@ impl AppointmentCols {
         let sql = format!(
             "INSERT INTO {schema}.appointments (appointment_id, patient_id, clinician_id, visit_type, start_at, end_at, status, version, updated_at) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[], $8::int[], $9::timestamptz[]) \
-             ON CONFLICT (appointment_id) DO UPDATE SET start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, \
+             ON CONFLICT (patient_id, appointment_id) DO UPDATE SET start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, \
                status = EXCLUDED.status, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at"
         );
         sqlx::query(&sql)

@@ -256,6 +256,7 @@ async fn point_views(tx: &mut sqlx::PgConnection, schema: &str) -> Result<(), Pr
     for t in records::TABLES {
         sqlx::query(&format!("DROP VIEW IF EXISTS rm.{t}")).execute(&mut *tx).await?;
         sqlx::query(&format!("CREATE VIEW rm.{t} AS SELECT * FROM {schema}.{t}")).execute(&mut *tx).await?;
+        sqlx::query(&format!("GRANT SELECT ON rm.{t} TO chartledger_readonly")).execute(&mut *tx).await?;
     }
     Ok(())
 }
@@ -288,11 +289,32 @@ enum Exit {
 
 async fn run(inner: Arc<Inner>, generation: i32, building: bool) {
     let mut building = building;
+    let mut generation = generation;
     loop {
         match run_once(&inner, generation, &mut building).await {
             Ok(Exit::Retired) => {
-                tracing::info!(generation, "projection generation retired; runner stops");
-                return;
+                // Retired by this process's own switch: its builder is now the active
+                // runner. Retired by another process: follow the new active generation.
+                if inner.active_generation.load(Ordering::Acquire) != generation {
+                    tracing::info!(generation, "projection generation retired; runner stops");
+                    return;
+                }
+                match generations(&inner.pool).await.map(|g| g.into_iter().find(|g| g.status == "active")) {
+                    Ok(Some(active)) => {
+                        tracing::info!(
+                            from = generation,
+                            to = active.generation,
+                            "following the active generation"
+                        );
+                        inner.active_generation.store(active.generation, Ordering::Release);
+                        generation = active.generation;
+                    }
+                    Ok(None) => tokio::time::sleep(inner.config.retry_backoff).await,
+                    Err(e) => {
+                        tracing::warn!(code = e.code(), "projection generations unreadable; retrying");
+                        tokio::time::sleep(inner.config.retry_backoff).await;
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(generation, code = e.code(), error = %e, "projection runner failed; retrying");
@@ -306,6 +328,10 @@ async fn run(inner: Arc<Inner>, generation: i32, building: bool) {
 async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> Result<Exit, ProjectionError> {
     let schema = schema_of(generation);
     let mut position = stored_position(&inner.pool, generation).await?;
+    if inner.active_generation.load(Ordering::Acquire) == generation {
+        // Another process's runner may have applied events this one has not seen.
+        publish(inner, position);
+    }
     let mut cache = if position == 0 { ChartCache::fresh() } else { ChartCache::default() };
     let page = inner.config.page_events.max(1);
 
@@ -346,7 +372,7 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
                 None => break,
             }
         }
-        let decoded = decode_all(&raw);
+        let decoded = decode_all(&raw)?;
         let Some(p) = commit(inner, generation, &schema, &mut cache, position, &decoded).await? else {
             return Ok(Exit::Retired);
         };
@@ -368,26 +394,45 @@ struct Decoded {
 
 async fn read_page(store: &EventStore, from: u64, max: usize) -> Result<Decoded, ProjectionError> {
     let raw = store.read_all(from, max, &AllFilter::default()).await?;
-    Ok(decode_all(&raw))
+    if raw.first().is_some_and(|r| r.position != from) {
+        return Err(ProjectionError::Corrupt { what: "page does not start at the requested position" });
+    }
+    decode_all(&raw)
 }
 
-/// Decode what can be decoded. Key-registry events are not domain events; anything
-/// else that does not decode (an erased payload) is skipped, counted and logged by
-/// position and error code.
-fn decode_all(raw: &[RecordedEvent]) -> Decoded {
+/// Decode what can be decoded. Key-registry events are not domain events. An erased or
+/// malformed payload can never be decoded: it is skipped, counted and logged by position
+/// and error code. An event type or schema version this build does not know was written
+/// by a newer build: the runner stops before it (and retries) rather than leave it out
+/// of the read models for good.
+fn decode_all(raw: &[RecordedEvent]) -> Result<Decoded, ProjectionError> {
     let mut events = Vec::with_capacity(raw.len());
     let mut skipped = 0;
     for r in raw {
         match Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
             Ok(e) => events.push(e),
             Err(DomainError::UnknownEventType) if r.event.stream_id().as_str() == ledger::StreamId::KEYS => {}
+            Err(DomainError::UnknownEventType | DomainError::FutureSchemaVersion { .. }) => {
+                return Err(ProjectionError::NewerEvent { position: r.position });
+            }
             Err(e) => {
                 skipped += 1;
                 tracing::warn!(position = r.position, code = e.code(), "event skipped by the projection");
             }
         }
     }
-    Decoded { events, count: raw.len(), skipped }
+    Ok(Decoded { events, count: raw.len(), skipped })
+}
+
+/// Publish the active generation's position; it only moves forwards.
+fn publish(inner: &Inner, position: u64) {
+    inner.active_position.send_if_modified(|p| {
+        let moved = position > *p;
+        if moved {
+            *p = position;
+        }
+        moved
+    });
 }
 
 /// Apply `count` raw events starting at `from` in one transaction; returns the new
@@ -441,7 +486,7 @@ async fn commit(
             }
             if status == "active" || inner.active_generation.load(Ordering::Acquire) == generation {
                 inner.skipped.fetch_add(skipped as u64, Ordering::Relaxed);
-                inner.active_position.send_replace(to);
+                publish(inner, to);
             }
             Ok(Some(to))
         }
@@ -514,7 +559,7 @@ async fn try_switch(inner: &Arc<Inner>, generation: i32) -> Result<bool, Project
     tx.commit().await?;
     inner.active_generation.store(generation, Ordering::Release);
     inner.skipped.store(my_skipped, Ordering::Relaxed);
-    inner.active_position.send_replace(my_position);
+    publish(inner, my_position);
     tracing::info!(generation, position = my_position, "projection generation switched to active");
     if let Some((old, _)) = active {
         let inner = inner.clone();

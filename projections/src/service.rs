@@ -84,6 +84,12 @@ impl Records {
 
     /// The patient's chart at the head, from the ledger.
     pub async fn current_chart(&self, patient_id: Uuid) -> Result<Chart, RecordsError> {
+        Ok(self.chart_and_revision(patient_id).await?.0)
+    }
+
+    /// The chart, and the stream's last revision (which an undecodable last event makes
+    /// differ from the chart's).
+    async fn chart_and_revision(&self, patient_id: Uuid) -> Result<(Chart, Option<u64>), RecordsError> {
         let raw = read_whole_stream(&self.store, patient_id).await?;
         let mut chart = Chart::new(patient_id);
         for r in &raw {
@@ -92,7 +98,7 @@ impl Records {
                 chart.apply(&e);
             }
         }
-        Ok(chart)
+        Ok((chart, raw.last().map(|r| r.event.stream_revision())))
     }
 
     /// Validate and append `command` for `patient_id` as `actor`. `event_id` is the
@@ -110,9 +116,18 @@ impl Records {
             return Ok(done);
         }
         for _ in 0..MAX_ATTEMPTS {
-            let chart = self.current_chart(patient_id).await?;
-            let event = decide(&chart, command.clone(), now())?;
-            let expected = chart.revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            let (chart, revision) = self.chart_and_revision(patient_id).await?;
+            let event = match decide(&chart, command.clone(), now()) {
+                Ok(event) => event,
+                Err(refused) => {
+                    // A retry racing its own first attempt: answer the original result.
+                    if let Some(done) = self.replayed(&stream, event_id).await? {
+                        return Ok(done);
+                    }
+                    return Err(refused.into());
+                }
+            };
+            let expected = revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
             match self.append(&stream, expected, actor.clone(), event_id, &event).await {
                 Err(RecordsError::Store(StoreError::WrongExpectedRevision { .. })) => continue,
                 other => return other,
@@ -146,10 +161,13 @@ impl Records {
             | DomainEvent::LoginFailed(_)
             | DomainEvent::MfaEnrolled(_)
             | DomainEvent::SessionEnded(_) => streams::security(),
-            DomainEvent::UserCreated(_)
-            | DomainEvent::RoleGranted(_)
-            | DomainEvent::RoleRevoked(_)
-            | DomainEvent::UserDeactivated(_) => streams::staff(),
+            DomainEvent::UserCreated(u) => {
+                u.validate()?;
+                streams::staff()
+            }
+            DomainEvent::RoleGranted(_) | DomainEvent::RoleRevoked(_) | DomainEvent::UserDeactivated(_) => {
+                streams::staff()
+            }
             _ => return Err(DomainError::UnknownEventType.into()),
         };
         self.append(&stream, ExpectedRevision::Any, actor, event_id, &event).await

@@ -432,8 +432,8 @@ async fn queries_serve_index_history_consents_schedule_access_log_and_staff() {
         .unwrap();
     assert!(none.is_empty(), "LIKE wildcards in the search are literal");
     // Entry history, reachable through the amendment's id too.
-    let (patient, versions) = env.read.entry_history(amendment_id).await.unwrap().unwrap();
-    assert_eq!(patient, id);
+    let versions = env.read.entry_history(id, amendment_id).await.unwrap().unwrap();
+    assert!(env.read.entry_history(Uuid::now_v7(), amendment_id).await.unwrap().is_none());
     assert_eq!(versions.len(), 2);
     assert_eq!(versions[1].content, c2);
     assert_eq!(versions[1].change.reason(), Some("refined"));
@@ -473,4 +473,88 @@ async fn queries_serve_index_history_consents_schedule_access_log_and_staff() {
     let user = env.read.user(staff_user).await.unwrap().unwrap();
     assert_eq!(user.roles, [Role::Physician, Role::Auditor].into_iter().collect());
     assert!(user.active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_scoped_to_their_patient_and_newer_events_stop_the_runner() {
+    let env = env().await;
+    let mut sim = Sim::new(6);
+    let (a, reg_a) = sim.register();
+    let (b, reg_b) = sim.register();
+    env.records.execute(a, actor(Role::Receptionist), Uuid::now_v7(), reg_a).await.unwrap();
+    env.records.execute(b, actor(Role::Receptionist), Uuid::now_v7(), reg_b).await.unwrap();
+    // Registering with a body naming another patient is refused.
+    let (_, other) = sim.register();
+    let err = env
+        .records
+        .execute(Uuid::now_v7(), actor(Role::Receptionist), Uuid::now_v7(), other)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "domain.malformed_value");
+    // B's client reuses A's entry and appointment ids: A's record must not change.
+    let shared_entry = Uuid::now_v7();
+    let shared_appt = Uuid::now_v7();
+    for (patient, kind) in [(a, EntryKind::LabResult), (b, EntryKind::SoapNote)] {
+        let content = sim.content(Some(kind));
+        let cmd = Command::RecordEntry { entry_id: shared_entry, content, effective_at: now() };
+        env.records.execute(patient, actor(Role::Physician), Uuid::now_v7(), cmd).await.unwrap();
+        let start = Timestamp::from_micros(now().as_micros() + 86_400_000_000);
+        let cmd = Command::ScheduleAppointment {
+            appointment_id: shared_appt,
+            clinician_id: Uuid::now_v7(),
+            visit_type: VisitType::FollowUp,
+            start,
+            end: Timestamp::from_micros(start.as_micros() + 900_000_000),
+        };
+        env.records.execute(patient, actor(Role::Receptionist), Uuid::now_v7(), cmd).await.unwrap();
+    }
+    let content = sim.content(Some(EntryKind::SoapNote));
+    let amend = Command::AmendEntry {
+        amendment_id: Uuid::now_v7(),
+        entry_id: shared_entry,
+        content,
+        reason: "r".into(),
+        effective_at: now(),
+    };
+    env.records.execute(b, actor(Role::Physician), Uuid::now_v7(), amend).await.unwrap();
+    let cancel =
+        Command::CancelAppointment { appointment_id: shared_appt, cancelled_by: CancelledBy::Patient };
+    env.records.execute(b, actor(Role::Receptionist), Uuid::now_v7(), cancel).await.unwrap();
+    assert_read_models_equal_fold(&env, &[a, b]).await;
+    assert_eq!(env.read.entry_history(a, shared_entry).await.unwrap().unwrap().len(), 1);
+    assert_eq!(env.read.entry_history(b, shared_entry).await.unwrap().unwrap().len(), 2);
+
+    // An event written by a newer build (unknown schema version) is not skipped: the
+    // runner stops before it and reports lag.
+    let future = ProposedEventBuilder::future();
+    let at = env
+        .store
+        .append(&domain::streams::patient(a), store::ExpectedRevision::Any, vec![future])
+        .await
+        .unwrap();
+    let later =
+        Command::RecordEntry { entry_id: Uuid::now_v7(), content: sim.content(None), effective_at: now() };
+    // The command side still works on what it can decode (expecting the stream's real
+    // last revision, not the last one it understood)...
+    env.records.execute(a, actor(Role::Physician), Uuid::now_v7(), later).await.unwrap();
+    // ...but the read side holds at the newer event.
+    let waited = env.projections.wait_for(at.last_position(), Duration::from_millis(500)).await.unwrap_err();
+    assert_eq!(waited.code(), "projection.timeout");
+    assert_eq!(env.projections.position(), at.last_position());
+    assert_eq!(env.projections.skipped(), 0);
+    assert!(env.projections.lag().await.unwrap() >= 2);
+}
+
+struct ProposedEventBuilder;
+
+impl ProposedEventBuilder {
+    fn future() -> store::ProposedEvent {
+        store::ProposedEvent {
+            event_id: Uuid::now_v7(),
+            event_type: ledger::EventType::new("patient.demographics_updated").unwrap(),
+            schema_version: 99,
+            actor: actor(Role::Receptionist),
+            payload: b"{}".to_vec(),
+        }
+    }
 }

@@ -275,10 +275,9 @@ impl Chart {
         use DomainEvent as E;
         match &r.event {
             E::PatientRegistered(p) => {
-                if self.demographics.is_some() {
+                if self.demographics.is_some() || p.patient_id != self.patient_id {
                     return false;
                 }
-                self.patient_id = p.patient_id;
                 self.demographics = Some(Demographics {
                     mrn: p.mrn.clone(),
                     name: p.name.clone(),

@@ -242,11 +242,11 @@ fn loinc_ok(code: &str) -> bool {
     u32::from(check.as_bytes()[0] - b'0') == expected
 }
 
-/// ICD-10 (WHO and -CM): a letter other than U, a digit, a digit or letter, then
-/// optionally a dot and one to four digits or letters (`E11.9`, `S72.001A`, `J45`).
+/// ICD-10 (WHO and -CM): a letter, a digit, a digit or letter, then optionally a dot
+/// and one to four digits or letters (`E11.9`, `S72.001A`, `J45`, `U07.1`).
 fn icd10_ok(code: &str) -> bool {
     let b = code.as_bytes();
-    if b.len() < 3 || !b[0].is_ascii_uppercase() || b[0] == b'U' || !b[1].is_ascii_digit() {
+    if b.len() < 3 || !b[0].is_ascii_uppercase() || !b[1].is_ascii_digit() {
         return false;
     }
     let alnum = |c: &u8| c.is_ascii_digit() || c.is_ascii_uppercase();
@@ -316,10 +316,10 @@ mod tests {
 
     #[test]
     fn icd10_and_rxnorm() {
-        for ok in ["E11.9", "J45", "S72.001A", "I10", "Z00.00"] {
+        for ok in ["E11.9", "J45", "S72.001A", "I10", "Z00.00", "U07.1"] {
             assert!(CodeSystem::Icd10.accepts(ok), "{ok}");
         }
-        for bad in ["e11.9", "U07.1", "E1", "E11.", "E11.12345", "E11-9"] {
+        for bad in ["e11.9", "1E1.9", "E1", "E11.", "E11.12345", "E11-9"] {
             assert!(!CodeSystem::Icd10.accepts(bad), "{bad}");
         }
         assert!(CodeSystem::RxNorm.accepts("197361"));

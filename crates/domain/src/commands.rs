@@ -99,6 +99,9 @@ pub fn decide(chart: &Chart, cmd: Command, now: Timestamp) -> Result<DomainEvent
         if chart.is_registered() {
             return Err(DomainError::PatientAlreadyRegistered);
         }
+        if p.patient_id != chart.patient_id {
+            return Err(DomainError::MalformedValue { field: "patient_id" });
+        }
         validate_registration(&p, now)?;
         return Ok(DomainEvent::PatientRegistered(p));
     }
@@ -306,7 +309,9 @@ fn validate_name(n: &HumanName) -> Result<(), DomainError> {
 }
 
 fn validate_birth_date(b: time::Date, now: Timestamp) -> Result<(), DomainError> {
-    let today = time::OffsetDateTime::from_unix_timestamp(now.as_micros().div_euclid(1_000_000))
+    // The latest calendar date anywhere on Earth (UTC+14), so a newborn registered east
+    // of UTC before UTC midnight is not refused.
+    let today = time::OffsetDateTime::from_unix_timestamp(now.as_micros().div_euclid(1_000_000) + 14 * 3600)
         .map(|t| t.date())
         .map_err(|_| DomainError::MalformedValue { field: "now" })?;
     if b > today || b.year() < 1880 {
@@ -424,6 +429,24 @@ impl RecordAccessed {
             if let Some(v) = v {
                 text(v, max, f)?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl UserCreated {
+    /// User names are lowercase tokens; display names are bounded text.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let u = &self.username;
+        if u.is_empty()
+            || u.len() > 64
+            || !u.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-@".contains(&b))
+        {
+            return Err(DomainError::MalformedValue { field: "username" });
+        }
+        text(&self.display_name, 200, "display_name")?;
+        if self.roles.is_empty() {
+            return Err(DomainError::MissingField { field: "roles" });
         }
         Ok(())
     }

@@ -233,6 +233,17 @@ fn commands_are_refused_with_typed_errors() {
     for (cmd, expected) in cases {
         assert_eq!(decide(&chart, cmd, now), Err(expected));
     }
+    // A user name must be a token; a display name bounded text without NULs.
+    let user = UserCreated {
+        user_id: Uuid::now_v7(),
+        username: "Dr Who".into(),
+        display_name: "Dr Who".into(),
+        roles: [Role::Physician].into_iter().collect(),
+        patient_id: None,
+    };
+    assert_eq!(user.validate(), Err(DomainError::MalformedValue { field: "username" }));
+    let user = UserCreated { username: "dr.who".into(), display_name: "Dr\0Who".into(), ..user };
+    assert_eq!(user.validate(), Err(DomainError::MalformedValue { field: "display_name" }));
     // Anything but registration needs a registered patient.
     let unknown = Chart::new(Uuid::now_v7());
     let cmd = Command::RecordEntry { entry_id: Uuid::now_v7(), content, effective_at: now };
