@@ -229,6 +229,14 @@ fn main() {
             rate2 / scan_rate
         );
 
+        if std::env::var_os("BENCH_EXPLAIN").is_some() {
+            let sql = "EXPLAIN (ANALYZE, BUFFERS) SELECT e.position, e.stream_id, e.stream_revision, e.event_id, \
+                       e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p \
+                       USING (position) WHERE stream_id = $1 AND recorded_at <= now() ORDER BY stream_revision";
+            let plan: Vec<String> =
+                sqlx::query_scalar(sql).bind(streams::patient(pit_10k).as_str()).fetch_all(db.pool()).await.unwrap();
+            println!("{}", plan.join("\n"));
+        }
         // Point-in-time reconstruction.
         for (label, id) in [("1,000", pit_1k), ("10,000", pit_10k)] {
             let at = now();

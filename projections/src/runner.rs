@@ -559,7 +559,8 @@ async fn try_switch(inner: &Arc<Inner>, generation: i32) -> Result<bool, Project
     tx.commit().await?;
     inner.active_generation.store(generation, Ordering::Release);
     inner.skipped.store(my_skipped, Ordering::Relaxed);
-    publish(inner, my_position);
+    // Always notify (even when the position did not move): `rebuild` waits for the switch.
+    inner.active_position.send_modify(|p| *p = (*p).max(my_position));
     tracing::info!(generation, position = my_position, "projection generation switched to active");
     if let Some((old, _)) = active {
         let inner = inner.clone();

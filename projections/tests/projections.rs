@@ -253,6 +253,10 @@ async fn blue_green_rebuild_switches_while_writes_continue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(dropped);
+    // A rebuild of an idle ledger switches too (nothing moves the position meanwhile).
+    let generation = env.projections.rebuild(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(generation, 3);
+    assert_read_models_equal_fold(&env, &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
