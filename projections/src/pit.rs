@@ -4,7 +4,7 @@
 use domain::chart::{Chart, EntryVersion};
 use domain::{streams, Recorded};
 use ledger::Timestamp;
-use store::{Direction, EventStore, RecordedEvent};
+use store::{EventStore, RecordedEvent};
 use uuid::Uuid;
 
 use crate::error::ProjectionError;
@@ -22,7 +22,9 @@ pub struct PointInTime {
     pub skipped: u64,
 }
 
-fn fold(patient_id: Uuid, raw: &[RecordedEvent], as_of: Option<Timestamp>) -> PointInTime {
+/// Fold raw events of a patient stream; undecodable (erased) events are left out and
+/// counted. The one place the read side folds raw events in memory.
+pub(crate) fn fold(patient_id: Uuid, raw: &[RecordedEvent], as_of: Option<Timestamp>) -> PointInTime {
     let mut chart = Chart::new(patient_id);
     let mut skipped = 0;
     for r in raw {
@@ -47,7 +49,7 @@ pub async fn chart_as_of(
 
 /// The chart at the head of the ledger, folded from the stream (not the read model).
 pub async fn chart_at_head(store: &EventStore, patient_id: Uuid) -> Result<PointInTime, ProjectionError> {
-    let raw = read_whole_stream(store, patient_id).await?;
+    let raw = store.read_whole_stream(&streams::patient(patient_id)).await?;
     Ok(fold(patient_id, &raw, None))
 }
 
@@ -63,21 +65,4 @@ pub async fn entry_history_as_of(
         None => chart_at_head(store, patient_id).await?,
     };
     Ok(pit.chart.entries.get(&entry_id).map(|e| e.versions.clone()))
-}
-
-pub(crate) async fn read_whole_stream(
-    store: &EventStore,
-    patient_id: Uuid,
-) -> Result<Vec<RecordedEvent>, ProjectionError> {
-    const PAGE: usize = 4096;
-    let stream = streams::patient(patient_id);
-    let mut out = Vec::new();
-    loop {
-        let page = store.read_stream(&stream, out.len() as u64, Direction::Forwards, PAGE).await?;
-        let n = page.len();
-        out.extend(page);
-        if n < PAGE {
-            return Ok(out);
-        }
-    }
 }

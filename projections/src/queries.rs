@@ -85,9 +85,7 @@ impl ReadModels {
         q: &PatientSearch,
         limit: u32,
     ) -> Result<Vec<PatientSummary>, ProjectionError> {
-        let prefix = q.family_prefix.as_ref().map(|p| {
-            format!("{}%", p.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
-        });
+        let prefix = q.family_prefix.as_ref().map(|p| store::like_prefix(&p.to_lowercase()));
         let rows = sqlx::query(
             "SELECT patient_id, mrn, family, given, birth_date, sex, merged_into FROM rm.patients \
              WHERE registered AND ($1::text IS NULL OR lower(family) LIKE $1) AND ($2::date IS NULL OR birth_date = $2) \

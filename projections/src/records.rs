@@ -60,6 +60,10 @@ impl ChartCache {
     pub fn is_empty(&self) -> bool {
         self.charts.is_empty()
     }
+    /// The (partial) chart of `patient`, empty if nothing of it is cached yet.
+    fn chart_mut(&mut self, patient: Uuid) -> &mut Chart {
+        self.charts.entry(patient).or_insert_with(|| Chart::new(patient))
+    }
 }
 
 /// Apply a batch of decoded events to the tables of `schema`, inside `conn`'s transaction.
@@ -74,6 +78,7 @@ pub async fn apply_batch(
     let mut touched_patients: BTreeSet<Uuid> = BTreeSet::new();
     let mut access = Vec::new();
     let mut staff = Vec::new();
+    let mut chart_events = Vec::new();
     for r in events {
         match &r.event {
             DomainEvent::RecordAccessed(_) => access.extend(AccessLogEntry::of(r)),
@@ -86,6 +91,7 @@ pub async fn apply_batch(
                 {
                     touched.insert((patient, key));
                     touched_patients.insert(patient);
+                    chart_events.push((patient, r));
                 }
             }
         }
@@ -93,13 +99,8 @@ pub async fn apply_batch(
     if !cache.fresh {
         load_missing(conn, schema, cache, &touched_patients, &touched).await?;
     }
-    for r in events {
-        if EntityKey::of(&r.event).is_none() {
-            continue;
-        }
-        if let Some(patient) = domain::streams::patient_of(&r.stream) {
-            cache.charts.entry(patient).or_insert_with(|| Chart::new(patient)).apply(r);
-        }
+    for (patient, r) in chart_events {
+        cache.chart_mut(patient).apply(r);
     }
     for k in &touched {
         cache.loaded.insert(*k);
@@ -165,7 +166,7 @@ async fn load_missing(
         let sql = format!("SELECT {PATIENT_COLS} FROM {schema}.patients WHERE patient_id = ANY($1)");
         let rows = sqlx::query(&sql).bind(&missing_patients).fetch_all(&mut *conn).await?;
         for p in &missing_patients {
-            cache.charts.entry(*p).or_insert_with(|| Chart::new(*p));
+            cache.chart_mut(*p);
         }
         for row in &rows {
             let id: Uuid = row.try_get("patient_id")?;
@@ -185,7 +186,7 @@ async fn load_missing(
         let rows = sqlx::query(&sql).bind(&entries.0).bind(&entries.1).fetch_all(&mut *conn).await?;
         for row in &rows {
             let patient: Uuid = row.try_get("patient_id")?;
-            let chart = cache.charts.entry(patient).or_insert_with(|| Chart::new(patient));
+            let chart = cache.chart_mut(patient);
             push_entry_version(chart, row)?;
         }
     }
@@ -194,7 +195,7 @@ async fn load_missing(
         let rows = sqlx::query(&sql).bind(&consents).fetch_all(&mut *conn).await?;
         for row in &rows {
             let patient: Uuid = row.try_get("patient_id")?;
-            let chart = cache.charts.entry(patient).or_insert_with(|| Chart::new(patient));
+            let chart = cache.chart_mut(patient);
             chart.consent.versions.push(consent_from(row)?);
         }
     }
@@ -207,12 +208,7 @@ async fn load_missing(
         for row in &rows {
             let patient: Uuid = row.try_get("patient_id")?;
             let m = care_from(row)?;
-            cache
-                .charts
-                .entry(patient)
-                .or_insert_with(|| Chart::new(patient))
-                .care_team
-                .insert(m.clinician_id, m);
+            cache.chart_mut(patient).care_team.insert(m.clinician_id, m);
         }
     }
     if !appointments.0.is_empty() {
@@ -225,12 +221,7 @@ async fn load_missing(
         for row in &rows {
             let patient: Uuid = row.try_get("patient_id")?;
             let a = appointment_from(row)?;
-            cache
-                .charts
-                .entry(patient)
-                .or_insert_with(|| Chart::new(patient))
-                .appointments
-                .insert(a.appointment_id, a);
+            cache.chart_mut(patient).appointments.insert(a.appointment_id, a);
         }
     }
     Ok(())

@@ -92,7 +92,12 @@ impl Projections {
     /// and start its runner. A rebuild interrupted by a restart is resumed.
     pub async fn start(store: EventStore, config: RunnerConfig) -> Result<Self, ProjectionError> {
         let pool = store.pool().clone();
-        let active = ensure_active(&pool).await?;
+        let all = ensure_active(&pool).await?;
+        let active = all
+            .iter()
+            .find(|g| g.status == "active")
+            .cloned()
+            .ok_or(ProjectionError::Corrupt { what: "no active generation" })?;
         let (active_position, _) = watch::channel(active.position);
         let inner = Arc::new(Inner {
             store,
@@ -105,9 +110,7 @@ impl Projections {
         });
         let this = Self { inner };
         this.spawn_runner(active.generation, false).await;
-        if let Some(building) =
-            generations(&this.inner.pool).await?.into_iter().find(|g| g.status == "building")
-        {
+        if let Some(building) = all.iter().find(|g| g.status == "building") {
             this.spawn_runner(building.generation, true).await;
         }
         Ok(this)
@@ -186,8 +189,8 @@ impl Projections {
     }
 }
 
-/// Create the active generation if there is none; return it.
-async fn ensure_active(pool: &PgPool) -> Result<Generation, ProjectionError> {
+/// Create the active generation if there is none; return every generation.
+async fn ensure_active(pool: &PgPool) -> Result<Vec<Generation>, ProjectionError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chartledger.projections'))")
         .execute(&mut *tx)
@@ -204,11 +207,7 @@ async fn ensure_active(pool: &PgPool) -> Result<Generation, ProjectionError> {
         point_views(&mut tx, &schema_of(g)).await?;
     }
     tx.commit().await?;
-    generations(pool)
-        .await?
-        .into_iter()
-        .find(|g| g.status == "active")
-        .ok_or(ProjectionError::Corrupt { what: "no active generation" })
+    generations(pool).await
 }
 
 async fn create_generation(pool: &PgPool, status: &str) -> Result<Generation, ProjectionError> {

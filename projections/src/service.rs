@@ -8,12 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use domain::commands::{decide, Command};
 use domain::events::{DomainEvent, RecordAccessed};
-use domain::{streams, Chart, DomainError, Recorded};
+use domain::{streams, Chart, DomainError};
 use ledger::{Actor, StreamId, Timestamp};
 use store::{EventStore, ExpectedRevision, ProposedEvent, StoreError};
 use uuid::Uuid;
-
-use crate::pit::read_whole_stream;
 
 /// How often a command is re-decided after losing an expected-revision race.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -90,14 +88,8 @@ impl Records {
     /// The chart, and the stream's last revision (which an undecodable last event makes
     /// differ from the chart's).
     async fn chart_and_revision(&self, patient_id: Uuid) -> Result<(Chart, Option<u64>), RecordsError> {
-        let raw = read_whole_stream(&self.store, patient_id).await?;
-        let mut chart = Chart::new(patient_id);
-        for r in &raw {
-            // Undecodable (erased) events are left out, as in every other fold.
-            if let Ok(e) = Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
-                chart.apply(&e);
-            }
-        }
+        let raw = self.store.read_whole_stream(&streams::patient(patient_id)).await?;
+        let chart = crate::pit::fold(patient_id, &raw, None).chart;
         Ok((chart, raw.last().map(|r| r.event.stream_revision())))
     }
 

@@ -32,6 +32,16 @@ pub use types::{
 };
 
 /// The migrations of the event store (top-level `migrations/`).
+/// The columns `decode_row` reads, from events joined with their payloads; callers
+/// append the `WHERE` clause.
+macro_rules! select_events {
+    () => {
+        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, \
+         p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) "
+    };
+}
+pub(crate) use select_events;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Tuning and identity of a store.
@@ -209,12 +219,16 @@ impl EventStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = match direction {
             Direction::Forwards => {
-                "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
-                 WHERE stream_id = $1 AND stream_revision >= $2 ORDER BY stream_revision LIMIT $3"
+                concat!(
+                    select_events!(),
+                    "WHERE stream_id = $1 AND stream_revision >= $2 ORDER BY stream_revision LIMIT $3"
+                )
             }
             Direction::Backwards => {
-                "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
-                 WHERE stream_id = $1 AND stream_revision <= $2 ORDER BY stream_revision DESC LIMIT $3"
+                concat!(
+                    select_events!(),
+                    "WHERE stream_id = $1 AND stream_revision <= $2 ORDER BY stream_revision DESC LIMIT $3"
+                )
             }
         };
         let rows = sqlx::query(sql)
@@ -237,7 +251,6 @@ impl EventStore {
         stream: &StreamId,
         at: Timestamp,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        const PAGE: usize = 4096;
         let last: Option<i64> = sqlx::query_scalar(
             "SELECT max(stream_revision) FROM ledger_events WHERE stream_id = $1 AND recorded_at <= $2",
         )
@@ -245,29 +258,46 @@ impl EventStore {
         .bind(to_offset(at))
         .fetch_one(&self.inner.pool)
         .await?;
-        let Some(last) = last.and_then(|l| u64::try_from(l).ok()) else { return Ok(Vec::new()) };
+        match last.and_then(|l| u64::try_from(l).ok()) {
+            Some(last) => self.read_stream_through(stream, Some(last)).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every event of a stream, in revision order.
+    pub async fn read_whole_stream(&self, stream: &StreamId) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_stream_through(stream, None).await
+    }
+
+    /// The stream from revision 0 through `last` (or its end), page by page.
+    async fn read_stream_through(
+        &self,
+        stream: &StreamId,
+        last: Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        const PAGE: usize = 4096;
         let mut out: Vec<RecordedEvent> = Vec::new();
-        while (out.len() as u64) <= last {
-            let want = usize::try_from(last + 1 - out.len() as u64).unwrap_or(PAGE).min(PAGE);
+        loop {
+            let remaining = last.map_or(u64::MAX, |l| (l + 1).saturating_sub(out.len() as u64));
+            let want = usize::try_from(remaining).unwrap_or(PAGE).min(PAGE);
+            if want == 0 {
+                return Ok(out);
+            }
             let page = self.read_stream(stream, out.len() as u64, Direction::Forwards, want).await?;
             let n = page.len();
             out.extend(page);
             if n < want {
-                break;
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     /// The stored event with this id, if any (to answer a client's retry).
     pub async fn event_by_id(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
-        let row = sqlx::query(
-            "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
-             WHERE event_id = $1",
-        )
-        .bind(event_id)
-        .fetch_optional(&self.inner.pool)
-        .await?;
+        let row = sqlx::query(concat!(select_events!(), "WHERE event_id = $1"))
+            .bind(event_id)
+            .fetch_optional(&self.inner.pool)
+            .await?;
         row.as_ref().map(decode_row).transpose()
     }
 
@@ -370,15 +400,12 @@ pub(crate) async fn read_all<'e>(
     filter: &AllFilter,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let types: Vec<String> = filter.event_types.clone();
-    let prefix = filter
-        .stream_prefix
-        .as_ref()
-        .map(|p| format!("{}%", p.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-    let rows = sqlx::query(
-        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
-         WHERE position >= $1 AND (cardinality($2::text[]) = 0 OR event_type = ANY($2)) \
-         AND ($3::text IS NULL OR stream_id LIKE $3) ORDER BY position LIMIT $4",
-    )
+    let prefix = filter.stream_prefix.as_deref().map(like_prefix);
+    let rows = sqlx::query(concat!(
+        select_events!(),
+        "WHERE position >= $1 AND (cardinality($2::text[]) = 0 OR event_type = ANY($2)) \
+         AND ($3::text IS NULL OR stream_id LIKE $3) ORDER BY position LIMIT $4"
+    ))
     .bind(clamp_i64(from_position))
     .bind(&types)
     .bind(prefix)
@@ -386,6 +413,12 @@ pub(crate) async fn read_all<'e>(
     .fetch_all(exec)
     .await?;
     rows.iter().map(decode_row).collect()
+}
+
+/// A `LIKE` pattern matching strings that start with `prefix` (its `\`, `%` and `_`
+/// taken literally).
+pub fn like_prefix(prefix: &str) -> String {
+    format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
 }
 
 /// Decode a joined events/payloads row, checking the columns against the signed envelope.
@@ -420,13 +453,10 @@ pub(crate) fn decode_row(r: &PgRow) -> Result<RecordedEvent, StoreError> {
 
 /// Fold `$keys` into a registry (verifying every registry event).
 pub(crate) async fn load_key_registry(pool: &PgPool) -> Result<KeyRegistry, StoreError> {
-    let rows = sqlx::query(
-        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
-         WHERE stream_id = $1 ORDER BY stream_revision",
-    )
-    .bind(StreamId::KEYS)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(concat!(select_events!(), "WHERE stream_id = $1 ORDER BY stream_revision"))
+        .bind(StreamId::KEYS)
+        .fetch_all(pool)
+        .await?;
     let mut reg = KeyRegistry::new();
     for r in &rows {
         let ev = decode_row(r)?;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::StoreError;
+use crate::select_events;
 use crate::types::{AllFilter, RecordedEvent};
 use crate::writer::NOTIFY_CHANNEL;
 
@@ -155,10 +156,10 @@ async fn read_stream_page(
     stream: &StreamId,
     next: u64,
 ) -> Result<(Vec<RecordedEvent>, Option<u64>), StoreError> {
-    let rows = sqlx::query(
-        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) \
-         WHERE stream_id = $1 AND stream_revision >= $2 ORDER BY stream_revision LIMIT $3",
-    )
+    let rows = sqlx::query(concat!(
+        select_events!(),
+        "WHERE stream_id = $1 AND stream_revision >= $2 ORDER BY stream_revision LIMIT $3"
+    ))
     .bind(stream.as_str())
     .bind(next as i64)
     .bind(PAGE as i64)
