@@ -4,7 +4,8 @@
 //! another writer got there first. Retrying a command with the same event id returns
 //! the original result (idempotency), whatever the chart says now.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use domain::commands::{decide, Command};
 use domain::events::{DomainEvent, RecordAccessed};
@@ -13,8 +14,14 @@ use ledger::{Actor, StreamId, Timestamp};
 use store::{EventStore, ExpectedRevision, ProposedEvent, StoreError};
 use uuid::Uuid;
 
-/// How often a command is re-decided after losing an expected-revision race.
-pub const MAX_ATTEMPTS: u32 = 5;
+/// How often a command is re-decided after losing an expected-revision race (which,
+/// within one process, only a writer in another process can cause: see `LOCK_SHARDS`).
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// Commands for one patient are serialized within a process by one of these locks
+/// (sharded by patient id), so racing requests queue instead of failing each other's
+/// expected-revision checks; the optimistic retry remains for other processes.
+const LOCK_SHARDS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -64,6 +71,7 @@ pub struct Executed {
 #[derive(Clone, Debug)]
 pub struct Records {
     store: EventStore,
+    locks: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 fn now() -> Timestamp {
@@ -73,7 +81,13 @@ fn now() -> Timestamp {
 
 impl Records {
     pub fn new(store: EventStore) -> Self {
-        Self { store }
+        let locks = (0..LOCK_SHARDS).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { store, locks }
+    }
+
+    fn lock_for(&self, patient_id: Uuid) -> &tokio::sync::Mutex<()> {
+        let shard = (patient_id.as_u128() % LOCK_SHARDS as u128) as usize;
+        &self.locks[shard]
     }
 
     pub fn store(&self) -> &EventStore {
@@ -107,7 +121,14 @@ impl Records {
         if let Some(done) = self.replayed(&stream, event_id).await? {
             return Ok(done);
         }
-        for _ in 0..MAX_ATTEMPTS {
+        let _serialized = self.lock_for(patient_id).lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                // Another process won the race: back off a little, with jitter, so that
+                // two processes do not keep colliding in lock step.
+                let jitter = u64::from(event_id.as_u128() as u16 % 1000) + u64::from(attempt) * 1000;
+                tokio::time::sleep(Duration::from_micros(jitter << attempt.min(4))).await;
+            }
             let (chart, revision) = self.chart_and_revision(patient_id).await?;
             let event = match decide(&chart, command.clone(), now()) {
                 Ok(event) => event,
@@ -152,7 +173,12 @@ impl Records {
             DomainEvent::LoginSucceeded(_)
             | DomainEvent::LoginFailed(_)
             | DomainEvent::MfaEnrolled(_)
-            | DomainEvent::SessionEnded(_) => streams::security(),
+            | DomainEvent::SessionEnded(_)
+            | DomainEvent::MfaChallenged(_) => streams::security(),
+            DomainEvent::AccessDenied(d) => {
+                d.validate()?;
+                streams::security()
+            }
             DomainEvent::UserCreated(u) => {
                 u.validate()?;
                 streams::staff()
