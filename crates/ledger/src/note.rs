@@ -308,6 +308,11 @@ impl NoteSigner {
         self.key_hash
     }
 
+    /// The Ed25519 key itself (to sign ledger events with the same identity).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// The Ed25519 public key.
     #[must_use]
     pub fn verifying_key(&self) -> VerifyingKey {
