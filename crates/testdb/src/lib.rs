@@ -5,8 +5,9 @@
 //!
 //! 1. `DATABASE_URL` when set (connected to as given; the new database is created on that server),
 //! 2. else a server answering on `127.0.0.1:5432` as user `postgres` (trust auth),
-//! 3. else a throwaway cluster this process starts once ([`start_throwaway_cluster`]) and shares
-//!    between all its tests; a watchdog stops it and removes its directory when the process exits.
+//! 3. else a throwaway cluster this process starts once ([`start_throwaway_cluster`], from
+//!    `pgcluster`) and shares between all its tests; a watchdog stops it and removes its directory
+//!    when the process exits.
 //!
 //! Only the chosen server's URL (and the cluster) is shared: every [`TestDb`] has its own small
 //! pool, created in the runtime of the test that made it, so `#[tokio::test]`s running in
@@ -20,8 +21,6 @@
 //! # Ok(()) }
 //! ```
 
-mod cluster;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -33,7 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::OnceCell;
 
-pub use cluster::{start_throwaway_cluster, Cluster};
+pub use pgcluster::throwaway::{start_throwaway_cluster, Cluster};
 
 /// The server on 127.0.0.1:5432 tried when `DATABASE_URL` is not set.
 pub const LOCAL_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

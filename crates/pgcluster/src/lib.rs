@@ -1,0 +1,45 @@
+//! Runs a PostgreSQL cluster from the PostgreSQL server binaries installed on the machine.
+//!
+//! - [`Embedded`]: a **persistent** cluster in a data directory of the caller's choosing, with
+//!   durable settings, for `chartledger serve` without `DATABASE_URL`. Created on first start,
+//!   restarted on the same port when it is free, adopted when a crashed process left it running.
+//! - [`throwaway::start_throwaway_cluster`]: a **throwaway** cluster for tests, in a temp dir,
+//!   with fast unsafe settings, removed when stopped or when the test process dies.
+//!
+//! Both listen on 127.0.0.1 only (no Unix socket), with superuser `postgres` and trust
+//! authentication. `initdb` and `postgres` refuse to run as root, so when this process is root
+//! they run as the `postgres` OS user, and the directories they write are handed to it.
+//! Binaries are found as [`BinSearch`] says: `PG_BIN_DIR` if set, else `PATH`, else the newest
+//! `/usr/lib/postgresql/<version>/bin`; none is [`ClusterError::BinariesNotFound`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), pgcluster::ClusterError> {
+//! use pgcluster::{Embedded, EmbeddedOptions};
+//! let pg = Embedded::start(EmbeddedOptions { data_dir: "/var/lib/chartledger/pg".into(), port: None }).await?;
+//! pg.ensure_database("chartledger").await?;
+//! let url = pg.url("chartledger");
+//! // ... serve, until Ctrl-C ...
+//! pg.stop().await?;
+//! # Ok(()) }
+//! ```
+
+mod bin_dir;
+mod datadir;
+mod embedded;
+mod error;
+mod sql;
+pub mod throwaway;
+mod tools;
+mod user;
+
+pub use bin_dir::{find_bin_dir, BinSearch};
+pub use embedded::{Embedded, EmbeddedOptions};
+pub use error::ClusterError;
+
+/// Runs blocking work (processes, files) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, ClusterError> + Send + 'static,
+) -> Result<T, ClusterError> {
+    tokio::task::spawn_blocking(work).await.map_err(|_| ClusterError::Task(what))?
+}

@@ -1,0 +1,248 @@
+//! Real clusters from the installed binaries: the persistent one keeps its data across a
+//! restart, reuses its port, adopts a server left running; typed errors for missing binaries,
+//! a taken port and unusable directories; the throwaway one serves and leaves nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsString;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use pgcluster::{BinSearch, Embedded, EmbeddedOptions};
+use sqlx::{Connection, PgConnection};
+use tempfile::TempDir;
+
+/// A temp dir with mode `mode`, owned by this process's user.
+fn tempdir_with_mode(mode: u32) -> TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    tmp
+}
+
+/// A temp dir the `postgres` OS user can enter.
+fn workdir() -> TempDir {
+    tempdir_with_mode(0o755)
+}
+
+fn options(data_dir: &Path, port: Option<u16>) -> EmbeddedOptions {
+    EmbeddedOptions { data_dir: data_dir.to_owned(), port }
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).is_ok()
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata(workdir().path()).unwrap().uid() == 0
+}
+
+async fn setting(conn: &mut PgConnection, name: &str) -> String {
+    sqlx::query_scalar("SELECT current_setting($1)").bind(name).fetch_one(conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn persistent_cluster_keeps_its_data_across_a_restart() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("nested/dirs/pgdata");
+
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    let port = pg.port();
+    assert!(!pg.adopted());
+    assert_ne!(port, 5432);
+    assert_eq!(pg.admin_url(), format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    assert!(data_dir.join("PG_VERSION").is_file());
+    if running_as_root() {
+        assert_ne!(std::fs::metadata(&data_dir).unwrap().uid(), 0, "data dir not handed to postgres");
+    }
+    pg.ensure_database("cl_app").await.unwrap();
+    pg.ensure_database("cl_app").await.unwrap(); // already there: fine
+
+    let mut conn = PgConnection::connect(&pg.url("cl_app")).await.unwrap();
+    for (name, want) in [
+        ("fsync", "on"),
+        ("synchronous_commit", "on"),
+        ("full_page_writes", "on"),
+        ("listen_addresses", "127.0.0.1"),
+        ("unix_socket_directories", ""),
+        ("server_encoding", "UTF8"),
+    ] {
+        assert_eq!(setting(&mut conn, name).await, want, "{name}");
+    }
+    sqlx::query("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO notes VALUES (1, 'kept')").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+
+    pg.stop().await.unwrap();
+    assert!(!port_open(port), "server still listening");
+    assert!(!data_dir.join("postmaster.pid").exists());
+
+    let port_was_free = port_free(port);
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    assert!(!pg.adopted());
+    if port_was_free {
+        assert_eq!(pg.port(), port, "the remembered port was not reused");
+    }
+    pg.ensure_database("cl_app").await.unwrap();
+    let mut conn = PgConnection::connect(&pg.url("cl_app")).await.unwrap();
+    let body: String =
+        sqlx::query_scalar("SELECT body FROM notes WHERE id = 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(body, "kept");
+    conn.close().await.unwrap();
+    let port = pg.port();
+    pg.stop().await.unwrap();
+    assert!(!port_open(port));
+}
+
+#[tokio::test]
+async fn a_server_left_running_is_adopted() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("pgdata");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+
+    let first = Embedded::start(options(&data_dir, Some(port))).await.unwrap();
+    assert_eq!(first.port(), port);
+    std::mem::forget(first); // as if this process had crashed: the server keeps running
+
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    assert!(pg.adopted());
+    assert_eq!(pg.port(), port);
+    let mut conn = PgConnection::connect(pg.admin_url()).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(one, 1);
+    conn.close().await.unwrap();
+    pg.stop().await.unwrap();
+    assert!(!port_open(port));
+}
+
+#[tokio::test]
+async fn missing_binaries_are_a_typed_error() {
+    let tmp = workdir();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let data_dir = tmp.path().join("pgdata");
+
+    // PG_BIN_DIR pointing at an empty directory, PATH without postgres.
+    let search = BinSearch {
+        pg_bin_dir: Some(empty.clone()),
+        path: Some(OsString::from(&empty)),
+        versioned_roots: vec![empty.clone()],
+    };
+    let e = Embedded::start_with(options(&data_dir, None), search.clone()).await.unwrap_err();
+    assert_eq!(e.code(), "pgcluster.binaries_not_found");
+    let text = e.to_string();
+    for needle in ["apt-get install postgresql", "DATABASE_URL", "PG_BIN_DIR"] {
+        assert!(text.contains(needle), "{needle} missing from: {text}");
+    }
+    assert!(!data_dir.exists(), "nothing may be created without binaries");
+
+    // No PG_BIN_DIR: PATH and the versioned roots are searched, in vain.
+    let search = BinSearch { pg_bin_dir: None, ..search };
+    let e = pgcluster::find_bin_dir(&search).unwrap_err();
+    assert_eq!(e.code(), "pgcluster.binaries_not_found");
+    assert!(e.to_string().contains("PATH"), "{e}");
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_refused_before_anything_is_created() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("pgdata");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let e = Embedded::start(options(&data_dir, Some(port))).await.unwrap_err();
+    assert_eq!(e.code(), "pgcluster.port_in_use", "{e}");
+    assert!(!data_dir.exists());
+}
+
+#[tokio::test]
+async fn a_non_empty_directory_without_a_cluster_is_refused() {
+    let tmp = workdir();
+    std::fs::write(tmp.path().join("precious.txt"), "mine").unwrap();
+    let e = Embedded::start(options(tmp.path(), None)).await.unwrap_err();
+    assert_eq!(e.code(), "pgcluster.not_a_cluster", "{e}");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("precious.txt")).unwrap(), "mine");
+}
+
+#[tokio::test]
+async fn as_root_a_directory_postgres_cannot_reach_is_refused() {
+    if !running_as_root() {
+        return;
+    }
+    let tmp = tempdir_with_mode(0o700);
+    let e = Embedded::start(options(&tmp.path().join("pgdata"), None)).await.unwrap_err();
+    assert_eq!(e.code(), "pgcluster.data_dir_inaccessible", "{e}");
+    assert!(e.to_string().contains(&tmp.path().display().to_string()), "{e}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "staging dir left behind");
+}
+
+#[tokio::test]
+async fn throwaway_cluster_serves_and_leaves_nothing() {
+    let cluster = pgcluster::throwaway::start_throwaway_cluster().await.unwrap();
+    let (port, data) = (cluster.port(), cluster.data_dir().to_owned());
+    let mut conn = PgConnection::connect(cluster.admin_url()).await.unwrap();
+    assert_eq!(setting(&mut conn, "fsync").await, "off");
+    conn.close().await.unwrap();
+    cluster.stop().await.unwrap();
+    assert!(!data.exists());
+    assert!(!port_open(port));
+}
+
+#[tokio::test]
+async fn a_failed_start_reports_the_server_log() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("pgdata");
+    Embedded::start(options(&data_dir, None)).await.unwrap().stop().await.unwrap();
+    let conf = data_dir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("\nshared_buffers = 'lots'\n");
+    std::fs::write(&conf, text).unwrap();
+
+    let e = Embedded::start(options(&data_dir, None)).await.unwrap_err();
+    assert_eq!(e.code(), "pgcluster.start_failed", "{e}");
+    let text = e.to_string();
+    assert!(text.contains("server log:") && text.contains("shared_buffers"), "{text}");
+}
+
+#[tokio::test]
+async fn a_cluster_of_another_version_is_refused() {
+    let tmp = workdir();
+    std::fs::write(tmp.path().join("PG_VERSION"), "99\n").unwrap();
+    let e = Embedded::start(options(tmp.path(), None)).await.unwrap_err();
+    assert_eq!(e.code(), "pgcluster.version_mismatch", "{e}");
+    assert!(e.to_string().contains("PostgreSQL 99"), "{e}");
+}
+
+#[tokio::test]
+async fn a_running_server_that_does_not_answer_is_reported() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("pgdata");
+    let hba = data_dir.join("pg_hba.conf");
+    let first = Embedded::start(options(&data_dir, None)).await.unwrap();
+    let trusting = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, "host all all 127.0.0.1/32 reject\n").unwrap();
+    let mut conn = PgConnection::connect(first.admin_url()).await.unwrap();
+    sqlx::query("SELECT pg_reload_conf()").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    std::mem::forget(first); // left running, now refusing every connection
+
+    let e = Embedded::start(options(&data_dir, None)).await.unwrap_err();
+    assert_eq!(e.code(), "pgcluster.already_running", "{e}");
+    assert!(e.to_string().contains("does not answer"), "{e}");
+
+    // Let it answer again (SIGHUP reloads pg_hba.conf), adopt it and stop it.
+    std::fs::write(&hba, trusting).unwrap();
+    let pid = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap();
+    assert!(std::process::Command::new("kill").args(["-HUP", pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    assert!(pg.adopted());
+    pg.stop().await.unwrap();
+}
