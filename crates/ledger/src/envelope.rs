@@ -28,7 +28,8 @@ use crate::Hash;
 /// Envelope format version written in the first two bytes of every body.
 pub const FORMAT_VERSION: u16 = 1;
 /// The largest canonical envelope accepted by the decoder. The validated fields bound a
-/// real envelope to 425 bytes; anything bigger is rejected before it is parsed.
+/// real envelope to 460 bytes (a 396-byte body and the 64-byte signature,
+/// see schema/ledger-format.md 3.1-3.2); anything bigger is rejected before it is parsed.
 pub const MAX_ENVELOPE_LEN: usize = 1024;
 /// The largest payload, in bytes (attachments are not payloads).
 pub const MAX_PAYLOAD_LEN: usize = 1 << 20;

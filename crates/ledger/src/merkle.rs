@@ -815,11 +815,12 @@ mod tests {
     }
 
     /// The bits of a proof element to flip in the exhaustive tests: all 256 in optimized
-    /// builds (about 2 s); in debug builds, where hashing is slow, one bit of each 32-bit word
-    /// (its position varies with `seed`), and the proptests flip random bits.
+    /// builds (about 2 s); in debug builds, where hashing is slow, one bit of every byte (so
+    /// every byte of every proof is altered; which bit varies with `seed` and the byte),
+    /// and the proptests flip random bits.
     fn flip_bits(seed: u64) -> Vec<usize> {
         if cfg!(debug_assertions) {
-            (0..8).map(|w| w * 32 + (seed as usize * 7 + w) % 32).collect()
+            (0..32).map(|b| b * 8 + (seed as usize * 3 + b * 5) % 8).collect()
         } else {
             (0..256).collect()
         }
@@ -1126,6 +1127,20 @@ mod tests {
     }
 
     // ---------------------------------------------------------------- exhaustive, n <= 64
+
+    /// The exhaustive tests alter every byte of every proof element, in any build.
+    #[test]
+    fn flip_bits_alter_every_byte() {
+        for seed in 0..300u64 {
+            let bits = flip_bits(seed);
+            let bytes: BTreeSet<usize> = bits.iter().map(|b| b / 8).collect();
+            assert_eq!(bytes, (0..32).collect::<BTreeSet<_>>(), "seed {seed}");
+            assert!(bits.iter().all(|&b| b < 256));
+        }
+        // Across seeds, every bit position of a byte is exercised.
+        let positions: BTreeSet<usize> = (0..8u64).map(|s| flip_bits(s)[0] % 8).collect();
+        assert_eq!(positions.len(), 8);
+    }
 
     #[test]
     fn exhaustive_inclusion_up_to_64() {

@@ -191,6 +191,29 @@ fn derive() -> Value {
     not_v7[id_at + 6] = (not_v7[id_at + 6] & 0x0f) | 0x40;
     let mut bad_genesis = signed[2].1.body().clone();
     bad_genesis.prev_hash = GENESIS_PREV_HASH;
+    let mut too_large = good.clone();
+    too_large.resize(ledger::envelope::MAX_ENVELOPE_LEN + 1, 0);
+    // Offsets of the string contents in the body of envelope 1 (schema/ledger-format.md 3.1).
+    let stream_at = 2 + 8;
+    let type_at = id_at + 16 + 8;
+    let role_at = type_at + signed[1].1.body().event_type.as_str().len() + 2 + 8 + 16 + 8;
+    let upper = |at: usize| {
+        let mut b = good.clone();
+        b[at] = b[at].to_ascii_uppercase();
+        assert_ne!(b, good);
+        b
+    };
+    let (bad_stream, bad_type, bad_role) = (upper(stream_at), upper(type_at), upper(role_at));
+    let other_key = LedgerSigningKey::new(
+        "other.example/key",
+        SigningKey::from_bytes(&Sha256::digest(b"another key").into()),
+    )
+    .unwrap();
+    let other_signed = {
+        let mut b = signed[1].1.body().clone();
+        b.key_id = other_key.key_id();
+        b.sign(&other_key).unwrap()
+    };
     let bad_genesis_bytes = {
         // Signed bytes of revision 1 carrying the genesis hash: the decoder refuses them.
         let mut b = bad_genesis.to_bytes().unwrap();
@@ -204,6 +227,38 @@ fn derive() -> Value {
         { "description": "event id is a UUIDv4", "canonical_hex": hex::encode(&not_v7), "error": "ledger.invalid_event_id" },
         { "description": "revision 1 with the genesis previous hash", "canonical_hex": hex::encode(&bad_genesis_bytes), "error": "ledger.bad_genesis" },
         { "description": "truncated (signature cut short)", "canonical_hex": hex::encode(&good[..good.len() - 1]), "error": "ledger.malformed_envelope" },
+        { "description": "1025 bytes (a valid envelope followed by zeros): over the 1024-byte limit", "canonical_hex": hex::encode(&too_large), "error": "ledger.envelope_too_large" },
+        { "description": "stream id with an upper-case letter", "canonical_hex": hex::encode(&bad_stream), "error": "ledger.invalid_stream_id" },
+        { "description": "event type with an upper-case letter", "canonical_hex": hex::encode(&bad_type), "error": "ledger.invalid_event_type" },
+        { "description": "actor role with an upper-case letter", "canonical_hex": hex::encode(&bad_role), "error": "ledger.invalid_role" },
+        { "description": "validly signed by another key, verified with the vector key", "canonical_hex": hex::encode(other_signed.to_bytes()), "error": "ledger.key_id_mismatch" },
+    ]);
+    // Payloads that do not open an envelope's commitment (envelope_index into "envelopes").
+    let p1 = &signed[1].0.payload;
+    let mut altered = p1.bytes().to_vec();
+    altered[0] ^= 0x01;
+    let mut other_salt = *p1.salt();
+    other_salt[31] ^= 0x80;
+    let invalid_openings = json!([
+        { "description": "payload with one bit flipped", "envelope_index": 1, "payload": { "salt_hex": hex::encode(p1.salt()), "bytes_hex": hex::encode(&altered) }, "error": "ledger.payload_commitment_mismatch" },
+        { "description": "salt with one bit flipped", "envelope_index": 1, "payload": { "salt_hex": hex::encode(other_salt), "bytes_hex": hex::encode(p1.bytes()) }, "error": "ledger.payload_commitment_mismatch" },
+        { "description": "the empty payload of envelope 2 opened with one zero byte", "envelope_index": 2, "payload": { "salt_hex": hex::encode(signed[2].0.payload.salt()), "bytes_hex": "00" }, "error": "ledger.payload_commitment_mismatch" },
+    ]);
+    // Validly signed envelopes that do not follow the given previous event of their stream
+    // (previous_index into "envelopes").
+    let relinked = |revision: u64, prev_hash: [u8; 32], id: &str| {
+        let mut b = signed[2].1.body().clone();
+        b.stream_revision = revision;
+        b.prev_hash = prev_hash;
+        b.event_id = uuid(id);
+        b.sign(&k).unwrap()
+    };
+    let mut off_by_one_bit = *signed[1].1.hash();
+    off_by_one_bit[0] ^= 0x01;
+    let invalid_links = json!([
+        { "description": "previous hash with one bit flipped", "previous_index": 1, "canonical_hex": hex::encode(relinked(1, off_by_one_bit, "019ab0a0-0000-7000-8000-0000000000f1").to_bytes()), "error": "ledger.broken_hash_link" },
+        { "description": "revision 2 after revision 0 (a revision skipped)", "previous_index": 1, "canonical_hex": hex::encode(relinked(2, *signed[1].1.hash(), "019ab0a0-0000-7000-8000-0000000000f2").to_bytes()), "error": "ledger.broken_hash_link" },
+        { "description": "linked to an event of another stream", "previous_index": 3, "canonical_hex": hex::encode(signed[2].1.to_bytes()), "error": "ledger.broken_hash_link" },
     ]);
 
     // Merkle tree over the event hashes, in the order above.
@@ -247,6 +302,8 @@ fn derive() -> Value {
         },
         "envelopes": envelopes,
         "invalid_envelopes": invalid,
+        "invalid_openings": invalid_openings,
+        "invalid_links": invalid_links,
         "merkle": {
             "leaves": "merkle_leaf_hash_hex of each envelope above, in order",
             "roots": roots,
@@ -321,6 +378,58 @@ fn committed_vectors_verify_on_their_own() {
             Ok(ev) => ev.verify(&vk).err().map_or("accepted", |e| e.code()),
         };
         assert_eq!(code, e["error"].as_str().unwrap(), "{}", e["description"]);
+    }
+    let envelopes: Vec<SignedEvent> = v["envelopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            SignedEvent::from_bytes(&hex::decode(e["canonical_hex"].as_str().unwrap()).unwrap()).unwrap()
+        })
+        .collect();
+    let openings = v["invalid_openings"].as_array().unwrap();
+    assert!(!openings.is_empty());
+    for e in openings {
+        let ev = &envelopes[e["envelope_index"].as_u64().unwrap() as usize];
+        let payload = Payload::with_salt(
+            h32(&e["payload"]["salt_hex"]),
+            hex::decode(e["payload"]["bytes_hex"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+        let code = ev.check_payload(&payload).err().map_or("accepted", |e| e.code());
+        assert_eq!(code, e["error"].as_str().unwrap(), "{}", e["description"]);
+    }
+    let links = v["invalid_links"].as_array().unwrap();
+    assert!(!links.is_empty());
+    for e in links {
+        let ev =
+            SignedEvent::from_bytes(&hex::decode(e["canonical_hex"].as_str().unwrap()).unwrap()).unwrap();
+        // Validly signed: only the link is wrong.
+        ev.verify(&vk).unwrap();
+        let prev = &envelopes[e["previous_index"].as_u64().unwrap() as usize];
+        let code = ev.check_link(Some(prev)).err().map_or("accepted", |e| e.code());
+        assert_eq!(code, e["error"].as_str().unwrap(), "{}", e["description"]);
+    }
+    // Every error code schema/ledger-format.md 3.4 lists has a negative vector.
+    let codes: std::collections::BTreeSet<&str> = ["invalid_envelopes", "invalid_openings", "invalid_links"]
+        .iter()
+        .flat_map(|k| v[k].as_array().unwrap().iter().map(|e| e["error"].as_str().unwrap()))
+        .collect();
+    for code in [
+        "ledger.malformed_envelope",
+        "ledger.envelope_too_large",
+        "ledger.unsupported_format",
+        "ledger.invalid_stream_id",
+        "ledger.invalid_event_type",
+        "ledger.invalid_role",
+        "ledger.invalid_event_id",
+        "ledger.bad_genesis",
+        "ledger.invalid_signature",
+        "ledger.key_id_mismatch",
+        "ledger.payload_commitment_mismatch",
+        "ledger.broken_hash_link",
+    ] {
+        assert!(codes.contains(code), "no negative vector for {code}");
     }
     let root_of = |size: u64| h32(&v["merkle"]["roots"][size as usize]["root_hex"]);
     for p in v["merkle"]["inclusion_proofs"].as_array().unwrap() {

@@ -5,8 +5,9 @@
 //! (same byte sizes) inserted raw into identical tables without signing, hashing, Merkle
 //! work or triggers, as the baseline; latency at a paced 10,000 events/s; and ledger
 //! verification events/s next to the raw strict Ed25519 verification rate on all cores.
-//! Set `BENCH_SCALE` (default 1.0) to lengthen or shorten every phase.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
+//! Set `BENCH_SCALE` (default 1.0) to lengthen or shorten every phase. It prints the
+//! server's `fsync` and `synchronous_commit` and refuses to run when `fsync` is off.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -198,6 +199,26 @@ fn main() {
             sqlx::raw_sql(&format!("ALTER DATABASE {} SET log_min_duration_statement = 5", db.name())).execute(db.pool()).await.unwrap();
         }
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(70).connect(db.url()).await.unwrap();
+        // Durability settings of the server measured: without fsync, commits never wait for
+        // the disk and the figures (ours and the baseline's) mean nothing.
+        let show = |name: &'static str| {
+            let pool = pool.clone();
+            async move { sqlx::query_scalar::<_, String>(&format!("SHOW {name}")).fetch_one(&pool).await.unwrap() }
+        };
+        let (fsync, sync_commit, sync_method) =
+            (show("fsync").await, show("synchronous_commit").await, show("wal_sync_method").await);
+        println!(
+            "server: fsync = {fsync}, synchronous_commit = {sync_commit} (the store's writer sets it on in its \
+             sessions; the raw baseline uses this default), wal_sync_method = {sync_method}"
+        );
+        if fsync != "on" {
+            eprintln!(
+                "refusing to benchmark: the PostgreSQL server runs with fsync = {fsync}, so commits are not \
+                 durable and no figure would mean anything. Point DATABASE_URL at a server with fsync = on."
+            );
+            db.drop_db().await.ok();
+            std::process::exit(2);
+        }
         let key = LedgerSigningKey::generate("bench.example/ledger", &mut rand_core::OsRng).unwrap();
         let store = EventStore::open(pool.clone(), key, StoreConfig::default()).await.unwrap();
         // Baseline tables: same columns, no triggers.

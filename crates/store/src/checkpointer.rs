@@ -26,7 +26,7 @@ impl Drop for Handle {
 
 pub(crate) fn spawn(
     pool: PgPool,
-    key: Arc<LedgerSigningKey>,
+    key: watch::Receiver<Arc<LedgerSigningKey>>,
     config: StoreConfig,
     mut head_rx: watch::Receiver<Head>,
 ) -> Handle {
@@ -46,6 +46,8 @@ pub(crate) fn spawn(
                     || deadline.is_some_and(|d| d <= tokio::time::Instant::now())
                     || last == 0;
                 if due {
+                    // The current key (it changes when the writer rotates it).
+                    let key = Arc::clone(&key.borrow());
                     match write(&pool, &key, &config.origin, head).await {
                         Ok(c) => {
                             last = c.tree_size;

@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use error::StoreError;
 pub use subscription::Subscription;
 pub use types::{
-    AllFilter, AppendResult, Direction, ExpectedRevision, ProposedEvent, RecordedEvent, StoredCheckpoint,
+    AllFilter, AppendResult, Direction, ExpectedRevision, KeyRotation, ProposedEvent, RecordedEvent,
+    StoredCheckpoint,
 };
 
 /// The migrations of the event store (top-level `migrations/`).
@@ -110,9 +111,10 @@ pub struct EventStore {
 #[derive(Debug)]
 struct Inner {
     pool: PgPool,
-    tx: mpsc::Sender<writer::AppendRequest>,
+    tx: mpsc::Sender<writer::Request>,
     head_rx: watch::Receiver<Head>,
-    key: Arc<LedgerSigningKey>,
+    /// The current signing key (changed by the writer when it rotates the key).
+    key_rx: watch::Receiver<Arc<LedgerSigningKey>>,
     config: StoreConfig,
     _checkpointer: checkpointer::Handle,
 }
@@ -126,7 +128,8 @@ impl EventStore {
 
     /// Open the store: migrate, become the ledger's writer (waiting while another process
     /// is), register the signing key as the anchor of an empty ledger (or check that it is
-    /// valid in the registry), and start group commit and checkpointing.
+    /// valid in the registry), and start group commit and checkpointing. To change the key
+    /// of an existing ledger, open it with the current key and call [`Self::rotate_key`].
     pub async fn open(pool: PgPool, key: LedgerSigningKey, config: StoreConfig) -> Result<Self, StoreError> {
         if config.run_migrations {
             Self::migrate(&pool).await?;
@@ -136,11 +139,14 @@ impl EventStore {
         let key = Arc::new(key);
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (head_tx, head_rx) = watch::channel(Head { size: state.head, root: state.frontier.root() });
+        let (key_tx, key_rx) = watch::channel(Arc::clone(&key));
         let mut w = writer::Writer {
             conn: Some(conn),
             connect: connect.clone(),
             rx,
             head_tx,
+            key_tx,
+            unsettled_key: None,
             planner: writer::Planner {
                 lookup: None,
                 connect,
@@ -158,15 +164,39 @@ impl EventStore {
         } else {
             registry
         };
-        let now = Timestamp::from_micros(now_micros());
-        // Valid now, and registered under the name it signs checkpoints with.
+        // Valid now (the writer never records a time before the last one), and registered
+        // under the name it signs checkpoints with.
+        let now = Timestamp::from_micros(now_micros().max(w.planner.state.last_micros));
         match registry.key_valid_at(&key.key_id(), now) {
             Ok(r) if r.name == key.name() => {}
             _ => return Err(StoreError::SigningKeyNotRegistered),
         }
         tokio::spawn(w.run());
-        let cp = checkpointer::spawn(pool.clone(), Arc::clone(&key), config.clone(), head_rx.clone());
-        Ok(Self { inner: Arc::new(Inner { pool, tx, head_rx, key, config, _checkpointer: cp }) })
+        let cp = checkpointer::spawn(pool.clone(), key_rx.clone(), config.clone(), head_rx.clone());
+        Ok(Self { inner: Arc::new(Inner { pool, tx, head_rx, key_rx, config, _checkpointer: cp }) })
+    }
+
+    /// Rotate the ledger key to `new`, live: the writer lets everything queued before this
+    /// call commit (signed with the current key), then commits, in one statement, the new
+    /// key's `key.introduced` (signed by the current key, valid from its recorded time `t`)
+    /// and the current key's `key.retired` for rotation (signed by the new key, so the
+    /// registry also holds proof that the new key's holder signed; valid until `t + 1µs`,
+    /// its recorded time). Every later event and checkpoint is signed with the new key.
+    /// Old events keep verifying: the retired key stays in the registry, valid for the
+    /// period in which it signed.
+    ///
+    /// Processes that open the ledger afterwards must use the new key (the old one is no
+    /// longer valid). Fails without writing anything when `new` was ever registered.
+    pub async fn rotate_key(&self, new: LedgerSigningKey) -> Result<KeyRotation, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let req = writer::RotateRequest { key: Arc::new(new), reply };
+        self.inner.tx.send(writer::Request::Rotate(req)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The key the store signs with now.
+    fn current_key(&self) -> Arc<LedgerSigningKey> {
+        Arc::clone(&self.inner.key_rx.borrow())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -179,12 +209,17 @@ impl EventStore {
 
     /// The ledger's current signing key's public half.
     pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
-        self.inner.key.verifying_key()
+        self.current_key().verifying_key()
     }
 
-    /// The C2SP verifier key text for this ledger's checkpoints.
+    /// The ledger's current signing key's id.
+    pub fn key_id(&self) -> ledger::KeyId {
+        self.current_key().key_id()
+    }
+
+    /// The C2SP verifier key text for this ledger's checkpoints (of the current key).
     pub fn note_verifier(&self) -> Result<ledger::note::NoteVerifier, StoreError> {
-        Ok(self.inner.key.note_signer()?.verifier())
+        Ok(self.current_key().note_signer()?.verifier())
     }
 
     /// Size and root of the tree as last committed by this process's writer.
@@ -205,7 +240,7 @@ impl EventStore {
         }
         let (reply, rx) = oneshot::channel();
         let req = writer::AppendRequest { stream: stream.clone(), expected, events, reply };
-        self.inner.tx.send(req).await.map_err(|_| StoreError::Closed)?;
+        self.inner.tx.send(writer::Request::Append(req)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -335,7 +370,8 @@ impl EventStore {
     /// Sign and store a checkpoint of the current head now (if none exists for it yet).
     pub async fn checkpoint_now(&self) -> Result<StoredCheckpoint, StoreError> {
         let head = self.head();
-        checkpointer::write(&self.inner.pool, &self.inner.key, &self.inner.config.origin, head).await
+        let key = self.current_key();
+        checkpointer::write(&self.inner.pool, &key, &self.inner.config.origin, head).await
     }
 
     /// The newest signed checkpoint.
@@ -452,7 +488,9 @@ pub(crate) fn decode_row(r: &PgRow) -> Result<RecordedEvent, StoreError> {
 }
 
 /// Fold `$keys` into a registry (verifying every registry event).
-pub(crate) async fn load_key_registry(pool: &PgPool) -> Result<KeyRegistry, StoreError> {
+pub(crate) async fn load_key_registry<'e>(
+    pool: impl sqlx::PgExecutor<'e>,
+) -> Result<KeyRegistry, StoreError> {
     let rows = sqlx::query(concat!(select_events!(), "WHERE stream_id = $1 ORDER BY stream_revision"))
         .bind(StreamId::KEYS)
         .fetch_all(pool)
@@ -482,7 +520,7 @@ impl writer::Writer {
             now,
             &mut rand_core::OsRng,
         )?;
-        self.append_signed(event, payload).await
+        self.append_signed(vec![(event, payload)]).await
     }
 }
 

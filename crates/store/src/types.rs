@@ -112,3 +112,21 @@ pub struct StoredCheckpoint {
     /// The C2SP signed note, as signed.
     pub note: String,
 }
+
+/// What [`crate::EventStore::rotate_key`] wrote to `$keys`: the new key's introduction
+/// (signed by the old key) and the old key's retirement for rotation (signed by the new
+/// key), committed together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotation {
+    pub old_key: ledger::KeyId,
+    pub new_key: ledger::KeyId,
+    /// Position of the `key.introduced` event.
+    pub introduced_at: u64,
+    /// Position of the `key.retired` event (`introduced_at + 1`).
+    pub retired_at: u64,
+    /// The new key is valid from this time (the introduction's `recorded_at`)...
+    pub valid_from: ledger::Timestamp,
+    /// ...and the old key until this time, exclusive (the retirement's `recorded_at`,
+    /// one microsecond later). Every event the old key signed was recorded before it.
+    pub valid_until: ledger::Timestamp,
+}

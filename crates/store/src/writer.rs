@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::nodes::fetch_nodes;
-use crate::types::{AppendResult, ExpectedRevision, ProposedEvent};
+use crate::types::{AppendResult, ExpectedRevision, KeyRotation, ProposedEvent};
 use crate::{to_offset, Head, StoreConfig};
 
 /// Advisory lock key held by the ledger's writer ("CHLEDGER").
@@ -36,6 +36,19 @@ pub(crate) struct AppendRequest {
     pub expected: ExpectedRevision,
     pub events: Vec<ProposedEvent>,
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// What the writer's queue carries.
+pub(crate) enum Request {
+    Append(AppendRequest),
+    /// Rotate the ledger key: runs once everything queued before it has committed, and
+    /// everything queued after it is signed with the new key.
+    Rotate(RotateRequest),
+}
+
+pub(crate) struct RotateRequest {
+    pub key: Arc<LedgerSigningKey>,
+    pub reply: oneshot::Sender<Result<KeyRotation, StoreError>>,
 }
 
 impl AppendRequest {
@@ -55,8 +68,13 @@ pub(crate) struct Writer {
     /// The connection holding the writer lock; every COMMIT goes through it.
     pub conn: Option<PgConnection>,
     pub connect: PgConnectOptions,
-    pub rx: mpsc::Receiver<AppendRequest>,
+    pub rx: mpsc::Receiver<Request>,
     pub head_tx: watch::Sender<Head>,
+    /// The current signing key, for the store's readers and the checkpointer.
+    pub key_tx: watch::Sender<Arc<LedgerSigningKey>>,
+    /// A rotation whose commit outcome is unknown: adopted at the next reconnect if the
+    /// registry holds it.
+    pub unsettled_key: Option<Arc<LedgerSigningKey>>,
     pub planner: Planner,
 }
 
@@ -179,36 +197,56 @@ impl Writer {
     pub(crate) async fn run(mut self) {
         let mut carry: std::collections::VecDeque<AppendRequest> = std::collections::VecDeque::new();
         let mut in_flight: Option<Prepared> = None;
+        // A key rotation waits until nothing planned with the old key is in flight; no new
+        // batch is planned meanwhile.
+        let mut rotation: Option<RotateRequest> = None;
         loop {
+            if in_flight.is_none() {
+                if let Some(r) = rotation.take() {
+                    let result = self.rotate(&r.key).await;
+                    let _ = r.reply.send(result);
+                    continue;
+                }
+            }
             // Gather: block only when there is nothing to do.
             let mut batch: Vec<AppendRequest> = Vec::new();
-            if in_flight.is_none() && carry.is_empty() {
-                match self.rx.recv().await {
-                    Some(r) => batch.push(r),
-                    None => break,
-                }
-            }
-            let cfg = &self.planner.config;
-            let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
-            let mut bytes: usize = batch.iter().map(AppendRequest::payload_bytes).sum();
-            while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
-                match carry.pop_front() {
-                    Some(r) => {
-                        n += r.events.len();
-                        bytes += r.payload_bytes();
-                        batch.push(r);
+            if rotation.is_none() {
+                if in_flight.is_none() && carry.is_empty() {
+                    match self.rx.recv().await {
+                        Some(Request::Append(r)) => batch.push(r),
+                        Some(Request::Rotate(r)) => {
+                            rotation = Some(r);
+                            continue;
+                        }
+                        None => break,
                     }
-                    None => break,
                 }
-            }
-            while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
-                match self.rx.try_recv() {
-                    Ok(r) => {
-                        n += r.events.len();
-                        bytes += r.payload_bytes();
-                        batch.push(r);
+                let cfg = &self.planner.config;
+                let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
+                let mut bytes: usize = batch.iter().map(AppendRequest::payload_bytes).sum();
+                while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
+                    match carry.pop_front() {
+                        Some(r) => {
+                            n += r.events.len();
+                            bytes += r.payload_bytes();
+                            batch.push(r);
+                        }
+                        None => break,
                     }
-                    Err(_) => break,
+                }
+                while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
+                    match self.rx.try_recv() {
+                        Ok(Request::Append(r)) => {
+                            n += r.events.len();
+                            bytes += r.payload_bytes();
+                            batch.push(r);
+                        }
+                        Ok(Request::Rotate(r)) => {
+                            rotation = Some(r);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
             }
             // After an unknown outcome the state may hold phantom batches: reload it first.
@@ -327,12 +365,98 @@ impl Writer {
 
     /// Reconnect (retaking the lock) and reload the state from the database.
     async fn reconnect(&mut self) -> Result<(), StoreError> {
-        let (conn, state) =
+        let (mut conn, state) =
             connect_writer(&self.connect, Some(self.planner.config.recovery_lock_timeout)).await?;
+        // A rotation whose outcome was unknown: the registry says whether it committed.
+        if let Some(new) = self.unsettled_key.clone() {
+            let registry = crate::load_key_registry(&mut conn).await?;
+            if registry.get(&new.key_id()).is_some() {
+                self.adopt_key(new);
+            }
+            self.unsettled_key = None;
+        }
         self.conn = Some(conn);
         self.planner.state = state;
         self.planner.heads.clear();
         Ok(())
+    }
+
+    /// Sign everything from now on (events and checkpoints) with `key`.
+    fn adopt_key(&mut self, key: Arc<LedgerSigningKey>) {
+        self.planner.key = Arc::clone(&key);
+        self.key_tx.send_replace(key);
+    }
+
+    /// Rotate the ledger key (nothing is in flight): introduce `new` with a `key.introduced`
+    /// signed by the current key and recorded at `t`, valid from `t`; retire the current
+    /// key with a `key.retired` (reason rotation) signed by `new` and recorded at `t + 1µs`,
+    /// valid until then. Both events commit in one statement; every later event is
+    /// recorded at `t + 1µs` or later (recorded times never decrease), so the old key's
+    /// period covers exactly the events it signed and the new key's every event after.
+    async fn rotate(&mut self, new: &Arc<LedgerSigningKey>) -> Result<KeyRotation, StoreError> {
+        use ledger::keys::{KeyIntroduced, KeyRetired, RetireReason, KEY_INTRODUCED, KEY_RETIRED};
+        if self.conn.is_none() {
+            self.reconnect().await?;
+        }
+        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        let registry = crate::load_key_registry(&mut *conn).await?;
+        let old = Arc::clone(&self.planner.key);
+        let t1 = Timestamp::from_micros(crate::now_micros().max(self.planner.state.last_micros));
+        let t2 = Timestamp::from_micros(
+            t1.as_micros()
+                .checked_add(1)
+                .ok_or(StoreError::Corrupt { position: self.planner.state.head, reason: "time overflow" })?,
+        );
+        if registry.key_valid_at(&old.key_id(), t1).is_err() {
+            return Err(StoreError::SigningKeyNotRegistered);
+        }
+        let mut next = registry;
+        let mut rng = rand_core::OsRng;
+        let intro =
+            KeyIntroduced { public_key: new.verifying_key(), name: new.name().to_owned(), valid_from: t1 };
+        let (intro_ev, intro_p) =
+            next.next_event(KEY_INTRODUCED, intro.to_bytes()?, &old, Uuid::now_v7(), t1, &mut rng)?;
+        // Applying checks every registry rule (e.g. a key introduced twice) before writing.
+        next.apply(&intro_ev, &intro_p)?;
+        let retire = KeyRetired { key_id: old.key_id(), valid_until: t2, reason: RetireReason::Rotation };
+        let (retire_ev, retire_p) =
+            next.next_event(KEY_RETIRED, retire.to_bytes()?, new, Uuid::now_v7(), t2, &mut rng)?;
+        next.apply(&retire_ev, &retire_p)?;
+        let introduced_at = self.planner.state.head;
+        let rows = self.signed_rows(vec![(intro_ev, intro_p), (retire_ev, retire_p)])?;
+        let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
+        // The new key is adopted before the head moves, so the checkpointer signs the
+        // rotated tree with it.
+        match commit_rows(conn, &rows.0).await {
+            Ok(()) => {
+                self.adopt_key(Arc::clone(new));
+                self.committed_signed(rows);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "key rotation commit failed; recovering");
+                match self.find_out(&rows.0).await {
+                    Some(true) => {
+                        self.adopt_key(Arc::clone(new));
+                        let st = &self.planner.state;
+                        self.head_tx.send_replace(Head { size: st.head, root: st.frontier.root() });
+                    }
+                    Some(false) => return Err(e),
+                    None => {
+                        self.unsettled_key = Some(Arc::clone(new));
+                        return Err(StoreError::OutcomeUnknown);
+                    }
+                }
+            }
+        }
+        tracing::info!(old = %old.key_id(), new = %new.key_id(), "ledger key rotated");
+        Ok(KeyRotation {
+            old_key: old.key_id(),
+            new_key: new.key_id(),
+            introduced_at,
+            retired_at: introduced_at + 1,
+            valid_from: t1,
+            valid_until: t2,
+        })
     }
 }
 
@@ -731,9 +855,37 @@ impl Writer {
     /// database and find out whether the batch is there, then answer truthfully.
     async fn recover(&mut self, p: Prepared, err: StoreError) {
         tracing::warn!(error = %err, events = p.rows.len(), "batch commit failed; recovering");
+        let committed = self.find_out(&p.rows).await;
+        match committed {
+            Some(true) => {
+                let head = Head { size: self.planner.state.head, root: self.planner.state.frontier.root() };
+                self.head_tx.send_replace(head);
+                settle(p, Some(head.size));
+            }
+            Some(false) => {
+                for (req, plan) in p.batch.into_iter().zip(p.plans) {
+                    let r = match plan {
+                        Plan::Fail(e) => Err(e),
+                        Plan::Replay(r) => Ok(r),
+                        _ => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
+                    };
+                    let _ = req.reply.send(r);
+                }
+            }
+            None => {
+                for req in p.batch {
+                    let _ = req.reply.send(Err(StoreError::OutcomeUnknown));
+                }
+            }
+        }
+    }
+
+    /// After a failed commit of `rows`: reconnect, reload the state from the database and
+    /// find out whether the rows are there (None: the database stayed unreachable).
+    async fn find_out(&mut self, rows: &[NewRow]) -> Option<bool> {
         self.conn = None;
         // The batch is there iff the rows at its first and last positions are its rows.
-        let probe = p.rows.first().zip(p.rows.last()).map(|(a, b)| {
+        let probe = rows.first().zip(rows.last()).map(|(a, b)| {
             ([a.position as i64, b.position as i64], [a.event.hash().to_vec(), b.event.hash().to_vec()])
         });
         let mut committed = None;
@@ -769,28 +921,7 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_millis(100 * (u64::from(attempt) + 1))).await;
         }
-        match committed {
-            Some(true) => {
-                let head = Head { size: self.planner.state.head, root: self.planner.state.frontier.root() };
-                self.head_tx.send_replace(head);
-                settle(p, Some(head.size));
-            }
-            Some(false) => {
-                for (req, plan) in p.batch.into_iter().zip(p.plans) {
-                    let r = match plan {
-                        Plan::Fail(e) => Err(e),
-                        Plan::Replay(r) => Ok(r),
-                        _ => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
-                    };
-                    let _ = req.reply.send(r);
-                }
-            }
-            None => {
-                for req in p.batch {
-                    let _ = req.reply.send(Err(StoreError::OutcomeUnknown));
-                }
-            }
-        }
+        committed
     }
 }
 
@@ -849,32 +980,50 @@ async fn load_existing(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<
     Ok(out)
 }
 
+/// Rows of events signed elsewhere, with the frontier as it will be after them.
+struct SignedRows(Vec<NewRow>, Frontier);
+
 impl Writer {
-    /// Append one event signed elsewhere (system events such as `$keys`), as its own batch.
-    /// The caller built it against the current stream head.
+    /// Append events signed elsewhere (system events such as `$keys`), as their own batch
+    /// in one statement. The caller built them against the current stream heads.
     pub(crate) async fn append_signed(
         &mut self,
-        event: SignedEvent,
-        payload: Payload,
+        events: Vec<(SignedEvent, Payload)>,
     ) -> Result<(), StoreError> {
-        let mut frontier = self.planner.state.frontier.clone();
-        let position = self.planner.state.head;
-        let nodes = frontier
-            .append(merkle::leaf_hash(event.hash()))
-            .map_err(|_| StoreError::Corrupt { position, reason: "Merkle tree full" })?;
-        let merkle_nodes: Vec<u8> =
-            nodes.iter().filter(|(id, _)| id.level > 0).flat_map(|(_, h)| *h).collect();
-        let row = NewRow { position, event, payload, merkle_nodes };
+        let rows = self.signed_rows(events)?;
         let conn = self.conn.as_mut().ok_or(StoreError::Closed)?;
-        commit_rows(conn, std::slice::from_ref(&row)).await?;
-        let st = &mut self.planner.state;
-        st.head = position + 1;
-        st.frontier = frontier;
-        st.last_micros = st.last_micros.max(row.event.recorded_at().as_micros());
-        self.planner
-            .heads
-            .insert(row.event.stream_id().clone(), (row.event.stream_revision(), *row.event.hash()));
-        self.head_tx.send_replace(Head { size: st.head, root: st.frontier.root() });
+        commit_rows(conn, &rows.0).await?;
+        self.committed_signed(rows);
         Ok(())
+    }
+
+    /// Positions and Merkle nodes for events signed elsewhere, from the current head.
+    fn signed_rows(&self, events: Vec<(SignedEvent, Payload)>) -> Result<SignedRows, StoreError> {
+        let mut frontier = self.planner.state.frontier.clone();
+        let mut rows = Vec::with_capacity(events.len());
+        for (position, (event, payload)) in (self.planner.state.head..).zip(events) {
+            let nodes = frontier
+                .append(merkle::leaf_hash(event.hash()))
+                .map_err(|_| StoreError::Corrupt { position, reason: "Merkle tree full" })?;
+            let merkle_nodes: Vec<u8> =
+                nodes.iter().filter(|(id, _)| id.level > 0).flat_map(|(_, h)| *h).collect();
+            rows.push(NewRow { position, event, payload, merkle_nodes });
+        }
+        Ok(SignedRows(rows, frontier))
+    }
+
+    /// The state after `rows` committed.
+    fn committed_signed(&mut self, SignedRows(rows, frontier): SignedRows) {
+        let Some(last) = rows.last() else { return };
+        let st = &mut self.planner.state;
+        st.head = last.position + 1;
+        st.frontier = frontier;
+        for row in &rows {
+            st.last_micros = st.last_micros.max(row.event.recorded_at().as_micros());
+            self.planner
+                .heads
+                .insert(row.event.stream_id().clone(), (row.event.stream_revision(), *row.event.hash()));
+        }
+        self.head_tx.send_replace(Head { size: st.head, root: st.frontier.root() });
     }
 }

@@ -195,60 +195,113 @@ async fn expected_revision_race_has_one_winner() {
     }
 }
 
-/// 24 concurrent writers (shared and separate streams) while a subscriber follows $all.
+/// 24 concurrent writers (shared and separate streams) while a subscriber follows $all
+/// at the same time: no gap, no skip, no duplicate, hash links intact, and positions in
+/// commit order: an append acknowledged before another was sent has lower positions (so
+/// each writer's own positions strictly increase), whichever tasks made them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_with_subscriber() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     let (_db, store) = open().await;
-    let mut sub = store.subscribe_all(0, AllFilter::default());
     const WRITERS: u32 = 24;
     const PER: u32 = 40;
+    let total: u64 = 1 + u64::from(WRITERS) * (0..PER).map(|i| u64::from(1 + i % 3)).sum::<u64>();
+    // The subscriber runs while the writers write; it checks order and links as it goes.
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut sub = store.subscribe_all(0, AllFilter::default());
+    let subscriber = {
+        let delivered = delivered.clone();
+        tokio::spawn(async move {
+            let mut last_hash: HashMap<String, (u64, ledger::Hash)> = HashMap::new();
+            let mut last_time = None;
+            let mut n = 0u64;
+            while n < total {
+                let e = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                // Gapless, in order, no duplicates.
+                assert_eq!(e.position, n);
+                let key = e.event.stream_id().as_str().to_owned();
+                match last_hash.get(&key) {
+                    None => assert_eq!(e.event.stream_revision(), 0),
+                    Some((rev, h)) => {
+                        assert_eq!(e.event.stream_revision(), rev + 1);
+                        assert_eq!(&e.event.body().prev_hash, h);
+                    }
+                }
+                last_hash.insert(key, (e.event.stream_revision(), *e.event.hash()));
+                // Recorded times never go backwards along $all.
+                assert!(last_time.is_none_or(|t| t <= e.event.recorded_at()));
+                last_time = Some(e.event.recorded_at());
+                n += 1;
+                delivered.store(n, Ordering::SeqCst);
+            }
+            // Nothing more arrives.
+            assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err());
+        })
+    };
+    // One clock for every task: a tick when an append is sent and when it is acknowledged.
+    let clock = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let store = store.clone();
+        let clock = clock.clone();
         tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
+            let mut appends: Vec<(u64, u64, Vec<u64>)> = Vec::new();
             for i in 0..PER {
                 // Even writers share 4 streams, odd writers own one each.
                 let s = if w % 2 == 0 { stream(1000 + (i % 4)) } else { stream(2000 + w) };
                 let batch: Vec<ProposedEvent> =
                     (0..(1 + i % 3)).map(|_| ev("load.event", &w.to_le_bytes())).collect();
+                let sent = clock.fetch_add(1, Ordering::SeqCst);
                 let r = store.append(&s, ExpectedRevision::Any, batch).await.unwrap();
-                acked.extend(r.positions);
+                let acked = clock.fetch_add(1, Ordering::SeqCst);
+                assert!(
+                    r.positions.windows(2).all(|p| p[1] == p[0] + 1),
+                    "one append, consecutive positions"
+                );
+                appends.push((sent, acked, r.positions));
             }
-            acked
+            // Sequential appends of one task: acknowledgement order is position order.
+            let firsts: Vec<u64> = appends.iter().map(|a| a.2[0]).collect();
+            assert!(appends.windows(2).all(|p| p[0].2.last() < p[1].2.first()), "writer {w}: {firsts:?}");
+            appends
         }));
     }
-    let mut acked: Vec<u64> = Vec::new();
+    let mut appends: Vec<(u64, u64, Vec<u64>)> = Vec::new();
     for t in tasks {
-        acked.extend(t.await.unwrap());
+        appends.extend(t.await.unwrap());
     }
+    let delivered_while_writing = delivered.load(Ordering::SeqCst);
     let head = store.head().size;
-    assert_eq!(acked.len() as u64, head - 1, "every acknowledged event has its own position");
-    let mut seen = Vec::new();
-    let mut last_hash: HashMap<String, (u64, ledger::Hash)> = HashMap::new();
-    let mut times = Vec::new();
-    while (seen.len() as u64) < head {
-        let e = tokio::time::timeout(Duration::from_secs(20), sub.next()).await.unwrap().unwrap().unwrap();
-        // Gapless, in order, no duplicates.
-        assert_eq!(e.position, seen.len() as u64);
-        let key = e.event.stream_id().as_str().to_owned();
-        match last_hash.get(&key) {
-            None => assert_eq!(e.event.stream_revision(), 0),
-            Some((rev, h)) => {
-                assert_eq!(e.event.stream_revision(), rev + 1);
-                assert_eq!(&e.event.body().prev_hash, h);
-            }
-        }
-        last_hash.insert(key, (e.event.stream_revision(), *e.event.hash()));
-        times.push(e.event.recorded_at());
-        seen.push(e.position);
+    assert_eq!(head, total);
+    subscriber.await.unwrap();
+    assert!(delivered_while_writing > 1, "the subscriber did not follow the writers live");
+    // Across tasks: every append acknowledged before another was sent has lower positions.
+    appends.sort_by_key(|a| a.1);
+    let mut max_before: Vec<u64> = Vec::with_capacity(appends.len());
+    for a in &appends {
+        let m = a.2.iter().copied().max().unwrap();
+        max_before.push(max_before.last().map_or(m, |&p| p.max(m)));
     }
-    // Commit order equals position order: recorded_at never goes backwards along $all.
-    assert!(times.windows(2).all(|w| w[0] <= w[1]));
-    let acked: HashSet<u64> = acked.into_iter().collect();
-    assert_eq!(acked.len() as u64, head - 1);
-    // Nothing more arrives.
-    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err());
+    let mut ordered_pairs = 0usize;
+    for b in &appends {
+        // Appends acknowledged before `b` was sent: a prefix of the list sorted by ack.
+        let k = appends.partition_point(|a| a.1 < b.0);
+        if k > 0 {
+            assert!(
+                max_before[k - 1] < b.2[0],
+                "an append sent after another's acknowledgement got a lower position"
+            );
+            ordered_pairs += k;
+        }
+    }
+    assert!(ordered_pairs > 0);
+    let acked: HashSet<u64> = appends.iter().flat_map(|a| a.2.iter().copied()).collect();
+    assert_eq!(acked.len() as u64, head - 1, "every acknowledged event has its own position");
     store.checkpoint_now().await.unwrap();
     let report = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
     assert!(report.ok(), "{report:?}");
@@ -538,8 +591,198 @@ async fn verification_from_a_trusted_checkpoint() {
     assert_eq!(r.first_failure.map(|f| f.kind), Some(FailureKind::UntrustedKeys));
 }
 
+fn key_b() -> LedgerSigningKey {
+    LedgerSigningKey::new("test.example/ledger-2", SigningKey::from_bytes(&[13u8; 32])).unwrap()
+}
+
+fn key_c() -> LedgerSigningKey {
+    LedgerSigningKey::new("test.example/ledger-3", SigningKey::from_bytes(&[14u8; 32])).unwrap()
+}
+
+/// The key is rotated live while appends are queued: events before and after it verify,
+/// the old key's events still verify once it is retired, later events and checkpoints are
+/// signed with the new key, and only the new key can open the ledger afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_through_the_store() {
+    let db = TestDb::new().await.unwrap();
+    let (a, b) = (key(), key_b());
+    let store = EventStore::open(db.pool().clone(), a.clone(), config()).await.unwrap();
+    for i in 0..10u32 {
+        store
+            .append(&stream(i % 3), ExpectedRevision::Any, vec![ev("a.before", &i.to_le_bytes())])
+            .await
+            .unwrap();
+    }
+    let cp_a = store.checkpoint_now().await.unwrap();
+    // Appends in flight on both sides of the rotation.
+    let mut tasks = Vec::new();
+    for w in 0..4u32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25u32 {
+                store
+                    .append(&stream(w), ExpectedRevision::Any, vec![ev("a.during", &i.to_le_bytes())])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rot = store.rotate_key(b.clone()).await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!((rot.old_key, rot.new_key), (a.key_id(), b.key_id()));
+    assert_eq!(rot.retired_at, rot.introduced_at + 1);
+    assert_eq!(rot.valid_until.as_micros(), rot.valid_from.as_micros() + 1);
+    assert_eq!(store.key_id(), b.key_id());
+    assert_eq!(store.verifying_key(), b.verifying_key());
+    store.append(&stream(0), ExpectedRevision::Any, vec![ev("a.after", b"")]).await.unwrap();
+
+    // Who signed what, and when.
+    let all = store.read_all(0, 10_000, &AllFilter::default()).await.unwrap();
+    assert_eq!(all.len() as u64, store.head().size);
+    for e in &all {
+        let signer = e.event.key_id();
+        let t = e.event.recorded_at();
+        if e.position <= rot.introduced_at {
+            assert_eq!(signer, a.key_id(), "position {}", e.position);
+            assert!(t < rot.valid_until, "position {}", e.position);
+        } else {
+            assert_eq!(signer, b.key_id(), "position {}", e.position);
+            assert!(t >= rot.valid_from && t >= rot.valid_until, "position {}", e.position);
+        }
+    }
+    let intro = &all[rot.introduced_at as usize];
+    let retire = &all[rot.retired_at as usize];
+    assert_eq!(intro.event.stream_id().as_str(), StreamId::KEYS);
+    assert_eq!(intro.event.body().event_type.as_str(), ledger::keys::KEY_INTRODUCED);
+    assert_eq!(retire.event.body().event_type.as_str(), ledger::keys::KEY_RETIRED);
+    assert_eq!((intro.event.stream_revision(), retire.event.stream_revision()), (1, 2));
+    let reg = store.key_registry().await.unwrap();
+    assert_eq!(reg.anchor().map(|k| k.key_id), Some(a.key_id()));
+    let old = reg.get(&a.key_id()).unwrap();
+    assert_eq!(old.valid_until, Some(rot.valid_until));
+    assert_eq!(old.retire_reason, Some(ledger::keys::RetireReason::Rotation));
+    let new = reg.get(&b.key_id()).unwrap();
+    assert_eq!((new.valid_from, new.valid_until, new.name.as_str()), (rot.valid_from, None, b.name()));
+
+    // Checkpoints: the old one verifies with the old key, a new one is signed by the new key.
+    let cp_b = store.checkpoint_now().await.unwrap();
+    let va = a.note_signer().unwrap().verifier();
+    let vb = b.note_signer().unwrap().verifier();
+    assert!(Checkpoint::open(cp_a.note.as_bytes(), std::slice::from_ref(&va)).is_ok());
+    assert!(Checkpoint::open(cp_b.note.as_bytes(), std::slice::from_ref(&vb)).is_ok());
+    assert!(Checkpoint::open(cp_b.note.as_bytes(), std::slice::from_ref(&va)).is_err());
+    assert_eq!(store.note_verifier().unwrap(), vb);
+
+    // The whole ledger verifies: untrusted, trusting the (retired) anchor, trusting only the
+    // new key (through the checkpoint it signed), and from the checkpoint before the rotation.
+    let head = store.head().size;
+    for opts in [
+        VerifyOptions::default(),
+        VerifyOptions { trusted_keys: vec![a.verifying_key()], ..Default::default() },
+        VerifyOptions { trusted_keys: vec![b.verifying_key()], chunk: Some(13), ..Default::default() },
+        VerifyOptions {
+            trusted_keys: vec![b.verifying_key()],
+            from_checkpoint: Some(cp_a.tree_size),
+            chunk: None,
+        },
+    ] {
+        let r = verify_ledger(store.pool(), &opts).await.unwrap();
+        assert!(r.ok(), "{opts:?}: {r:?}");
+        assert_eq!(r.head, head);
+    }
+
+    // A key ever registered cannot be introduced again; nothing is written.
+    for again in [a.clone(), b.clone()] {
+        let err = store.rotate_key(again).await.unwrap_err();
+        assert_eq!(err.code(), "ledger.key_registry", "{err:?}");
+    }
+    assert_eq!(store.head().size, head);
+    store.append(&stream(1), ExpectedRevision::Any, vec![ev("a.after", b"")]).await.unwrap();
+
+    // After a restart only the new key opens the ledger; a second rotation chains on.
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = EventStore::open(db.pool().clone(), a.clone(), config()).await.unwrap_err();
+    assert_eq!(err.code(), "store.signing_key_not_registered");
+    let store = EventStore::open(db.pool().clone(), b.clone(), config()).await.unwrap();
+    store.append(&stream(2), ExpectedRevision::Any, vec![ev("a.reopened", b"")]).await.unwrap();
+    let rot2 = store.rotate_key(key_c()).await.unwrap();
+    assert_eq!((rot2.old_key, rot2.new_key), (b.key_id(), key_c().key_id()));
+    store.append(&stream(2), ExpectedRevision::Any, vec![ev("a.third", b"")]).await.unwrap();
+    store.checkpoint_now().await.unwrap();
+    let r = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.events_checked, store.head().size);
+    let reg = store.key_registry().await.unwrap();
+    assert_eq!(reg.keys().filter(|k| k.valid_until.is_none()).count(), 1);
+}
+
+/// After a rotation, a superuser replaces one envelope (and its hash) with the same body
+/// re-signed by another key. `verify_ledger` names that position and the key failure.
+async fn resigned_after_rotation(
+    target: fn(&store::KeyRotation) -> u64,
+    signer: LedgerSigningKey,
+    kind: FailureKind,
+) {
+    let db = TestDb::new().await.unwrap();
+    let store = EventStore::open(db.pool().clone(), key(), config()).await.unwrap();
+    for i in 0..12u32 {
+        store.append(&stream(i % 3), ExpectedRevision::Any, vec![ev("a.e", &i.to_le_bytes())]).await.unwrap();
+    }
+    let rot = store.rotate_key(key_b()).await.unwrap();
+    for i in 0..12u32 {
+        store.append(&stream(i % 3), ExpectedRevision::Any, vec![ev("a.e", &i.to_le_bytes())]).await.unwrap();
+    }
+    store.checkpoint_now().await.unwrap();
+    let clean = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
+    assert!(clean.ok(), "{clean:?}");
+    let at = target(&rot);
+    let original = store.read_all(at, 1, &AllFilter::default()).await.unwrap().remove(0);
+    drop(store);
+    let mut body = original.event.body().clone();
+    body.key_id = signer.key_id();
+    let forged = body.sign(&signer).unwrap();
+    // The forgery is a well-formed event with a valid signature by `signer`.
+    forged.verify(&signer.verifying_key()).unwrap();
+    let pool = db.pool();
+    exec(pool, "ALTER TABLE ledger_events DISABLE TRIGGER USER").await.unwrap();
+    sqlx::query("UPDATE ledger_events SET envelope = $1, event_hash = $2 WHERE position = $3")
+        .bind(forged.to_bytes())
+        .bind(forged.hash().to_vec())
+        .bind(at as i64)
+        .execute(pool)
+        .await
+        .unwrap();
+    exec(pool, "ALTER TABLE ledger_events ENABLE TRIGGER USER").await.unwrap();
+    let report = verify_ledger(pool, &VerifyOptions::default()).await.unwrap();
+    let f = report.first_failure.expect("forgery not detected");
+    assert_eq!((f.position, f.kind), (at, kind));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_key_signing_after_its_retirement_is_detected() {
+    // An event written after the rotation, re-signed with the retired key.
+    resigned_after_rotation(|r| r.retired_at + 5, key(), FailureKind::KeyNotValidAt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_key_signing_before_its_introduction_is_detected() {
+    // An event written before the rotation, re-signed with the key introduced later.
+    resigned_after_rotation(|r| r.introduced_at - 3, key_b(), FailureKind::KeyNotValidAt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_key_signature_is_detected() {
+    resigned_after_rotation(|r| r.retired_at + 2, key_c(), FailureKind::UnknownKey).await;
+}
+
 /// The writer's connection is killed repeatedly under load; clients retry with the same
-/// event ids. Every event ends up stored exactly once and the ledger verifies.
+/// event ids. Every event ends up stored exactly once, at the position its acknowledgement
+/// named, and the ledger verifies. (Which kills land between COMMIT and reply is up to
+/// chance here; `retry_after_the_reply_to_a_commit_was_lost` does that deterministically.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_after_the_writer_connection_drops() {
     let (db, store) = open().await;
@@ -565,15 +808,17 @@ async fn retries_after_the_writer_connection_drops() {
     for w in 0..8u32 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
+            let mut acked = Vec::new();
             for i in 0..25u32 {
                 let batch = vec![ev("load.retry", &i.to_le_bytes())];
-                ids.push(batch[0].event_id);
                 let mut tries = 0;
                 loop {
                     tries += 1;
                     match store.append(&stream(w), ExpectedRevision::Any, batch.clone()).await {
-                        Ok(_) => break,
+                        Ok(r) => {
+                            acked.push((batch[0].event_id, r.positions, tries > 1 && r.idempotent_replay));
+                            break;
+                        }
                         Err(StoreError::Database(_) | StoreError::OutcomeUnknown) if tries < 2000 => {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
@@ -581,12 +826,12 @@ async fn retries_after_the_writer_connection_drops() {
                     }
                 }
             }
-            ids
+            acked
         }));
     }
-    let mut ids = Vec::new();
+    let mut acked = Vec::new();
     for t in tasks {
-        ids.extend(t.await.unwrap());
+        acked.extend(t.await.unwrap());
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let kills = killer.await.unwrap();
@@ -595,12 +840,248 @@ async fn retries_after_the_writer_connection_drops() {
     let stored: Vec<Uuid> = all.iter().map(|e| e.event.event_id()).collect();
     let unique: HashSet<Uuid> = stored.iter().copied().collect();
     assert_eq!(unique.len(), stored.len(), "no event stored twice");
-    for id in &ids {
-        assert!(unique.contains(id), "acknowledged event missing");
+    let by_id: HashMap<Uuid, u64> = all.iter().map(|e| (e.event.event_id(), e.position)).collect();
+    for (id, positions, _) in &acked {
+        assert_eq!(positions, &vec![by_id[id]], "acknowledged event missing or at another position");
     }
+    let replays = acked.iter().filter(|a| a.2).count();
+    println!("{kills} kills, {replays} retries answered as idempotent replays");
     store.checkpoint_now().await.unwrap();
     let r = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
     assert!(r.ok(), "{r:?}");
+}
+
+/// A TCP proxy in front of PostgreSQL. When armed, it forwards the next execution of the
+/// writer's commit statement (the `INSERT INTO ledger_events` CTE) to the server, swallows
+/// the reply up to the server's ReadyForQuery (so the implicit transaction has committed),
+/// and then cuts both connections: the commit happened, its answer never arrived.
+struct CutAfterCommit {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl CutAfterCommit {
+    async fn start(host: String, port: u16) -> Self {
+        use std::sync::atomic::AtomicU32;
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = Self {
+            port: listener.local_addr().unwrap().port(),
+            armed: Arc::new(AtomicU32::new(0)),
+            cuts: Arc::new(AtomicU32::new(0)),
+        };
+        let (armed, cuts) = (me.armed.clone(), me.cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect((host.as_str(), port)).await else {
+                    continue;
+                };
+                tokio::spawn(Self::pipe(client, server, armed.clone(), cuts.clone()));
+            }
+        });
+        me
+    }
+
+    fn arm(&self) {
+        self.armed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn cuts(&self) -> u32 {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Complete protocol messages at the front of `buf`: (type byte, body), removed from it.
+    fn messages(buf: &mut Vec<u8>, typed: bool) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let head = usize::from(typed);
+        while buf.len() >= head + 4 {
+            let len = u32::from_be_bytes(buf[head..head + 4].try_into().unwrap()) as usize;
+            if buf.len() < head + len {
+                break;
+            }
+            let kind = if typed { buf[0] } else { 0 };
+            out.push((kind, buf[head + 4..head + len].to_vec()));
+            buf.drain(..head + len);
+            if !typed {
+                break;
+            }
+        }
+        out
+    }
+
+    fn cstr(b: &[u8], from: usize) -> &[u8] {
+        let rest = b.get(from..).unwrap_or_default();
+        &rest[..rest.iter().position(|&c| c == 0).unwrap_or(rest.len())]
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        armed: std::sync::Arc<std::sync::atomic::AtomicU32>,
+        cuts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    ) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let doomed = std::sync::Arc::new(AtomicBool::new(false));
+        let doomed_c = doomed.clone();
+        let c2s = async move {
+            let (mut buf, mut started, mut commit_statements) = (Vec::new(), false, HashSet::new());
+            let mut chunk = vec![0u8; 1 << 16];
+            loop {
+                let n = match cr.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                if !started {
+                    // The startup message has no type byte (no SSLRequest: sslmode=disable).
+                    started = !Self::messages(&mut buf, false).is_empty();
+                }
+                if started {
+                    for (kind, body) in Self::messages(&mut buf, true) {
+                        let name = Self::cstr(&body, 0).to_vec();
+                        let second = Self::cstr(&body, name.len() + 1);
+                        match kind {
+                            // Parse: statement name, query text.
+                            b'P' if second.windows(25).any(|w| w == b"INSERT INTO ledger_events") => {
+                                commit_statements.insert(name);
+                            }
+                            // Bind: portal name, statement name.
+                            b'B' if commit_statements.contains(second)
+                                && armed
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| a.checked_sub(1))
+                                    .is_ok() =>
+                            {
+                                doomed_c.store(true, Ordering::SeqCst);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                // Forwarded only after the doom is set: every reply to it is swallowed.
+                if sw.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let s2c = async move {
+            let (mut buf, mut executed) = (Vec::new(), false);
+            let mut chunk = vec![0u8; 1 << 16];
+            loop {
+                let n = match sr.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let mut forward = Vec::with_capacity(n);
+                for (kind, body) in Self::messages(&mut buf, true) {
+                    if doomed.load(Ordering::SeqCst) {
+                        // The statement's CommandComplete (or error), then ReadyForQuery:
+                        // earlier ReadyForQuery messages may answer a Parse of it.
+                        executed |= kind == b'C' || kind == b'E';
+                        if kind == b'Z' && executed {
+                            // Committed; the client never hears of it.
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            let _ = cw.shutdown().await;
+                            return;
+                        }
+                        continue;
+                    }
+                    forward.push(kind);
+                    forward.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+                    forward.extend_from_slice(&body);
+                }
+                if cw.write_all(&forward).await.is_err() {
+                    return;
+                }
+            }
+        };
+        // When either side ends, both connections are dropped (closed).
+        tokio::select! {
+            () = c2s => {}
+            () = s2c => {}
+        }
+    }
+}
+
+/// The writer's connection drops after COMMIT and before the reply, deterministically (a
+/// proxy cuts it). Without recovery the caller hears "outcome unknown" and retries with
+/// the same event ids: the retry is answered as an idempotent replay with the positions
+/// the first attempt got, and nothing is stored twice. With recovery, the writer finds the
+/// batch committed and answers the first attempt itself, with the same positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_the_reply_to_a_commit_was_lost() {
+    let db = TestDb::new().await.unwrap();
+    let direct = db.pool().connect_options().as_ref().clone();
+    let proxy = CutAfterCommit::start(direct.get_host().to_owned(), direct.get_port()).await;
+    let via_proxy =
+        direct.clone().host("127.0.0.1").port(proxy.port).ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(via_proxy.clone())
+        .await
+        .unwrap();
+    let no_recovery = StoreConfig { recovery_attempts: 0, ..config() };
+    let store = EventStore::open(pool, key(), no_recovery).await.unwrap();
+    for i in 0..3u32 {
+        store.append(&stream(i), ExpectedRevision::Any, vec![ev("a.warm", b"")]).await.unwrap();
+    }
+    let mut replays = 0;
+    for round in 0..6u32 {
+        let s = stream(round % 3);
+        // `Any` retries meet the unique index and are planned again with look-ups; `Exact`
+        // retries are looked up before the (now stale) revision check.
+        let last = store.read_stream(&s, u64::MAX >> 1, Direction::Backwards, 1).await.unwrap();
+        let expected = if round % 2 == 0 {
+            ExpectedRevision::Any
+        } else {
+            ExpectedRevision::Exact(last[0].event.stream_revision())
+        };
+        let events = vec![ev("a.cut", &round.to_le_bytes()), ev("a.cut", b"second")];
+        proxy.arm();
+        let first = store.append(&s, expected, events.clone()).await;
+        assert!(matches!(first, Err(StoreError::OutcomeUnknown)), "round {round}: {first:?}");
+        assert_eq!(proxy.cuts(), round + 1, "round {round}: the cut did not happen");
+        // Committed although unanswered.
+        let mut stored = Vec::new();
+        for e in &events {
+            stored.push(
+                store.event_by_id(e.event_id).await.unwrap().expect("committed before the cut").position,
+            );
+        }
+        let retry = store.append(&s, expected, events.clone()).await.unwrap();
+        assert!(retry.idempotent_replay, "round {round}: {retry:?}");
+        assert_eq!(retry.positions, stored, "round {round}");
+        replays += 1;
+    }
+    assert_eq!(replays, 6);
+    let all = store.read_all(0, 10_000, &AllFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 1 + 3 + 6 * 2, "nothing stored twice");
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // With recovery, the first attempt itself is answered truthfully.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect_with(via_proxy).await.unwrap();
+    let store = EventStore::open(pool, key(), config()).await.unwrap();
+    store.append(&stream(0), ExpectedRevision::Any, vec![ev("a.warm", b"")]).await.unwrap();
+    let events = vec![ev("a.cut", b"recovered")];
+    proxy.arm();
+    let r = store.append(&stream(0), ExpectedRevision::Any, events.clone()).await.unwrap();
+    assert_eq!(proxy.cuts(), 7);
+    assert!(!r.idempotent_replay);
+    assert_eq!(r.positions, vec![store.event_by_id(events[0].event_id).await.unwrap().unwrap().position]);
+    let again = store.append(&stream(0), ExpectedRevision::Any, events).await.unwrap();
+    assert!(again.idempotent_replay);
+    assert_eq!(again.positions, r.positions);
+    store.checkpoint_now().await.unwrap();
+    let report = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.events_checked, 1 + 3 + 12 + 2);
 }
 
 /// Child half of `sigkill_mid_load_loses_no_acknowledged_event`: appends until killed,
