@@ -1,7 +1,7 @@
 //! Point-in-time replay for auditors: what a patient's record said at a recorded time,
 //! folded in memory from the ledger by the same `Chart::apply` the read models use.
 
-use domain::chart::{Chart, EntryVersion};
+use domain::chart::{Chart, Entry, EntryVersion, VersionChange};
 use domain::{streams, Recorded};
 use ledger::Timestamp;
 use store::{EventStore, RecordedEvent};
@@ -54,6 +54,9 @@ pub async fn chart_at_head(store: &EventStore, patient_id: Uuid) -> Result<Point
 }
 
 /// Every version of one entry as of `at` (or the head): who wrote each, when, and why.
+/// `entry_id` names the entry or one of its amendments, as for
+/// [`ReadModels::entry_history`](crate::queries::ReadModels::entry_history): an entry with
+/// that id first, else the entry that has an amendment with that id.
 pub async fn entry_history_as_of(
     store: &EventStore,
     patient_id: Uuid,
@@ -64,5 +67,24 @@ pub async fn entry_history_as_of(
         Some(at) => chart_as_of(store, patient_id, at).await?,
         None => chart_at_head(store, patient_id).await?,
     };
-    Ok(pit.chart.entries.get(&entry_id).map(|e| e.versions.clone()))
+    Ok(entry_named(&pit.chart, entry_id).map(|e| e.versions.clone()))
+}
+
+/// The entry `id` names in `chart`: the entry with that id, else the entry amended by the
+/// amendment with that id (the earliest such amendment, should ids ever collide).
+fn entry_named(chart: &Chart, id: Uuid) -> Option<&Entry> {
+    if let Some(e) = chart.entries.get(&id) {
+        return Some(e);
+    }
+    chart
+        .entries
+        .values()
+        .filter_map(|e| {
+            e.versions
+                .iter()
+                .find(|v| matches!(&v.change, VersionChange::Amended { amendment_id, .. } if *amendment_id == id))
+                .map(|v| (v.position, e))
+        })
+        .min_by_key(|(position, _)| *position)
+        .map(|(_, e)| e)
 }

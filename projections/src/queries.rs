@@ -49,6 +49,9 @@ pub struct AccessQuery {
     pub user_id: Option<Uuid>,
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
+    /// A paging cursor: only events at `$all` positions strictly below this one (pass the
+    /// last position of the previous page; results are newest first).
+    pub before_position: Option<u64>,
     pub limit: u32,
 }
 
@@ -115,8 +118,10 @@ impl ReadModels {
             .collect()
     }
 
-    /// Every version of one of a patient's entries (named by its id or the id of one of
-    /// its amendments), oldest first.
+    /// Every version of one of a patient's entries, oldest first. `entry_id` names the
+    /// entry or one of its amendments: an entry with that id first, else the entry that
+    /// has an amendment with that id (as the command side and
+    /// [`pit::entry_history_as_of`](crate::pit::entry_history_as_of) resolve it).
     pub async fn entry_history(
         &self,
         patient_id: Uuid,
@@ -125,8 +130,10 @@ impl ReadModels {
         let rows = sqlx::query(
             "SELECT patient_id, entry_id, version, change, amendment_id, reason, content::text AS content, effective_at, \
              author_id, author_role, recorded_at, event_id, position FROM rm.entry_versions \
-             WHERE patient_id = $1 AND entry_id = coalesce((SELECT entry_id FROM rm.entry_versions \
-               WHERE patient_id = $1 AND amendment_id = $2 LIMIT 1), $2) \
+             WHERE patient_id = $1 AND entry_id = coalesce(\
+               (SELECT entry_id FROM rm.entries WHERE patient_id = $1 AND entry_id = $2), \
+               (SELECT entry_id FROM rm.entry_versions WHERE patient_id = $1 AND amendment_id = $2 \
+                ORDER BY position LIMIT 1), $2) \
              ORDER BY version",
         )
         .bind(patient_id)
@@ -220,13 +227,17 @@ impl ReadModels {
         rows.iter().map(|r| Ok((r.try_get("patient_id")?, records::appointment_from(r)?))).collect()
     }
 
-    /// The access log, newest first.
+    /// The access log, newest first (by recorded time, which never decreases along
+    /// `$all`, then by position), at most `limit` (1 to 1000) rows. `from` is inclusive,
+    /// `to` exclusive. To page, pass the last row's position as the next query's
+    /// `before_position`.
     pub async fn access_log(&self, q: &AccessQuery) -> Result<Vec<AccessLogEntry>, ProjectionError> {
         let rows = sqlx::query(
             "SELECT position, event_id, patient_id, user_id, role, accessed_at, resources, action, purpose, break_glass_reason, \
              client_addr, user_agent, session_id FROM rm.access_log \
              WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
              AND ($3::timestamptz IS NULL OR accessed_at >= $3) AND ($4::timestamptz IS NULL OR accessed_at < $4) \
+             AND ($6::bigint IS NULL OR position < $6) \
              ORDER BY accessed_at DESC, position DESC LIMIT $5",
         )
         .bind(q.patient_id)
@@ -234,6 +245,7 @@ impl ReadModels {
         .bind(q.from.map(odt))
         .bind(q.to.map(odt))
         .bind(i64::from(q.limit.clamp(1, MAX_LIMIT)))
+        .bind(q.before_position.map(pos))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -352,6 +352,9 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
             };
             position = p;
         }
+        if let Some(position) = decoded.newer {
+            return Err(ProjectionError::NewerEvent { position });
+        }
         if count < page {
             break;
         }
@@ -371,11 +374,16 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
                 None => break,
             }
         }
-        let decoded = decode_all(&raw)?;
-        let Some(p) = commit(inner, generation, &schema, &mut cache, position, &decoded).await? else {
-            return Ok(Exit::Retired);
-        };
-        position = p;
+        let decoded = decode_all(position, &raw)?;
+        if decoded.count > 0 {
+            let Some(p) = commit(inner, generation, &schema, &mut cache, position, &decoded).await? else {
+                return Ok(Exit::Retired);
+            };
+            position = p;
+        }
+        if let Some(position) = decoded.newer {
+            return Err(ProjectionError::NewerEvent { position });
+        }
         // Switching is safe at any batch boundary: the switch compares positions itself.
         if *building && try_switch(inner, generation).await? {
             *building = false;
@@ -383,36 +391,46 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
     }
 }
 
-/// A page of `$all`, decoded: the domain events, how many raw events it held, and
-/// how many were skipped because they could not be decoded.
+/// A page of `$all`, decoded: the domain events, how many raw events it covers (the
+/// positions `from..from + count`), how many of those were skipped because they could
+/// not be decoded, and the position of an event written by a newer build, where the
+/// page was cut short.
 struct Decoded {
     events: Vec<Recorded>,
     count: usize,
     skipped: u64,
+    newer: Option<u64>,
 }
 
 async fn read_page(store: &EventStore, from: u64, max: usize) -> Result<Decoded, ProjectionError> {
     let raw = store.read_all(from, max, &AllFilter::default()).await?;
-    if raw.first().is_some_and(|r| r.position != from) {
-        return Err(ProjectionError::Corrupt { what: "page does not start at the requested position" });
-    }
-    decode_all(&raw)
+    decode_all(from, &raw)
 }
 
 /// Decode what can be decoded. Key-registry events are not domain events. An erased or
 /// malformed payload can never be decoded: it is skipped, counted and logged by position
 /// and error code. An event type or schema version this build does not know was written
-/// by a newer build: the runner stops before it (and retries) rather than leave it out
-/// of the read models for good.
-fn decode_all(raw: &[RecordedEvent]) -> Result<Decoded, ProjectionError> {
+/// by a newer build: the page is cut short before it, and the runner applies what comes
+/// before it and then stops (and retries) rather than leave it out of the read models for
+/// good.
+///
+/// The batch must be exactly the positions `from, from + 1, ...`: the runner moves its
+/// stored position by the number of events it applied, so a gap or a repeat here would
+/// skip or re-apply events.
+fn decode_all(from: u64, raw: &[RecordedEvent]) -> Result<Decoded, ProjectionError> {
     let mut events = Vec::with_capacity(raw.len());
     let mut skipped = 0;
-    for r in raw {
+    for (i, r) in raw.iter().enumerate() {
+        if Some(r.position) != from.checked_add(i as u64) {
+            return Err(ProjectionError::Corrupt {
+                what: "batch is not contiguous from the stored position",
+            });
+        }
         match Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
             Ok(e) => events.push(e),
             Err(DomainError::UnknownEventType) if r.event.stream_id().as_str() == ledger::StreamId::KEYS => {}
             Err(DomainError::UnknownEventType | DomainError::FutureSchemaVersion { .. }) => {
-                return Err(ProjectionError::NewerEvent { position: r.position });
+                return Ok(Decoded { events, count: i, skipped, newer: Some(r.position) });
             }
             Err(e) => {
                 skipped += 1;
@@ -420,7 +438,7 @@ fn decode_all(raw: &[RecordedEvent]) -> Result<Decoded, ProjectionError> {
             }
         }
     }
-    Ok(Decoded { events, count: raw.len(), skipped })
+    Ok(Decoded { events, count: raw.len(), skipped, newer: None })
 }
 
 /// Publish the active generation's position; it only moves forwards.

@@ -4,14 +4,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use domain::chart::Chart;
+use domain::chart::{AccessLogEntry, Chart, VersionChange};
 use domain::commands::Command;
 use domain::events::*;
 use domain::sim::{Sim, Step};
-use domain::DomainError;
+use domain::{DomainError, Recorded};
 use ed25519_dalek::SigningKey;
 use ledger::{Actor, LedgerSigningKey, Timestamp};
-use projections::pit::{chart_as_of, chart_at_head};
+use projections::pit::{chart_as_of, chart_at_head, entry_history_as_of};
 use projections::queries::{AccessQuery, PatientSearch};
 use projections::{Executed, Projections, ReadModels, Records, RecordsError, RunnerConfig};
 use proptest::prelude::*;
@@ -107,6 +107,14 @@ impl AsyncStep for NoOp {
     async fn call(&mut self, _: &Env, _: usize, _: &[Uuid], _: Executed) {}
 }
 
+/// Sleep after every step.
+struct Pace(Duration);
+impl AsyncStep for Pace {
+    async fn call(&mut self, _: &Env, _: usize, _: &[Uuid], _: Executed) {
+        tokio::time::sleep(self.0).await;
+    }
+}
+
 async fn caught_up(env: &Env) {
     let head = env.store.head().size;
     env.projections.wait_for(head - 1, Duration::from_secs(20)).await.unwrap();
@@ -123,42 +131,132 @@ async fn assert_read_models_equal_fold(env: &Env, ids: &[Uuid]) {
     }
 }
 
-/// Snapshots of read-model charts taken while the store's head was at a known time.
-struct Snapshots(Vec<(Timestamp, Uuid, Chart)>, u64);
+/// The read models (chart and access log of every patient), read while the store's head
+/// was the event at `position`, recorded at `at`.
+struct Snap {
+    at: Timestamp,
+    position: u64,
+    patients: Vec<(Uuid, Chart, Vec<AccessLogEntry>)>,
+}
+
+/// Snapshots taken every `every` steps, starting at step `offset`.
+struct Snapshots {
+    snaps: Vec<Snap>,
+    every: usize,
+    offset: usize,
+}
 
 impl AsyncStep for &mut Snapshots {
     async fn call(&mut self, env: &Env, step: usize, ids: &[Uuid], done: Executed) {
-        if (step as u64 + self.1) % 9 != 0 {
+        if (step + self.offset) % self.every != 0 {
             return;
         }
         env.projections.wait_for(done.position, Duration::from_secs(20)).await.unwrap();
         let at = env.store.event_by_id(done.event_id).await.unwrap().unwrap().event.body().recorded_at;
+        let mut patients = Vec::new();
         for id in ids {
             let chart = env.read.chart(*id).await.unwrap().unwrap();
-            self.0.push((at, *id, chart));
+            let access = env.read.access_log(&by_patient(*id)).await.unwrap();
+            patients.push((*id, chart, access));
         }
-        // The next event must be recorded strictly after `at`.
+        self.snaps.push(Snap { at, position: done.position, patients });
+        // The next event must be recorded strictly after `at` (and leave room between).
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+fn by_patient(id: Uuid) -> AccessQuery {
+    AccessQuery { patient_id: Some(id), limit: 1000, ..AccessQuery::default() }
+}
 
-    /// The SQL read model at head equals the in-memory fold, and replay to any time T
-    /// equals the read model as it was when the store's head was at T.
+fn micros(t: Timestamp, d: i64) -> Timestamp {
+    Timestamp::from_micros(t.as_micros() + d)
+}
+
+/// A patient's access log as the ledger holds it (newest first, as the query answers),
+/// through `at` (or all of it).
+async fn ledger_access_log(store: &EventStore, id: Uuid, at: Option<Timestamp>) -> Vec<AccessLogEntry> {
+    let stream = domain::streams::access(id);
+    let raw = match at {
+        Some(at) => store.read_stream_as_of(&stream, at).await.unwrap(),
+        None => store.read_whole_stream(&stream).await.unwrap(),
+    };
+    let mut rows: Vec<AccessLogEntry> = raw
+        .iter()
+        .map(|r| Recorded::decode(r.position, &r.event, r.payload.as_ref()).unwrap())
+        .filter_map(|r| AccessLogEntry::of(&r))
+        .collect();
+    rows.reverse();
+    rows
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// The SQL read model at head equals the in-memory fold (charts, and each patient's
+    /// access log equals what the ledger holds); replay to any time T equals the read
+    /// model as it was when the store's head was at T, for T at an event and strictly
+    /// between two events; and the access log queried up to T equals the access log read
+    /// at T.
     #[test]
-    fn read_model_equals_fold_and_replay_equals_the_past(seed in any::<u64>(), steps in 20usize..90) {
+    fn read_model_equals_fold_and_replay_equals_the_past(
+        seed in any::<u64>(),
+        patients in 2usize..6,
+        steps in 30usize..110,
+    ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
             let env = env().await;
-            let mut snaps = Snapshots(Vec::new(), seed % 9);
-            let ids = drive(&env, seed, 3, steps, &mut snaps).await;
+            let mut snaps = Snapshots { snaps: Vec::new(), every: 3, offset: (seed % 3) as usize };
+            let ids = drive(&env, seed, patients, steps, &mut snaps).await;
             assert_read_models_equal_fold(&env, &ids).await;
-            assert!(!snaps.0.is_empty() || steps < 9);
-            for (at, id, then) in &snaps.0 {
-                let replay = chart_as_of(&env.store, *id, *at).await.unwrap();
-                assert_eq!(&replay.chart, then, "replay to T differs from the read model at T");
+            assert!(snaps.snaps.len() >= steps / 3);
+            let mut between = 0;
+            for (i, snap) in snaps.snaps.iter().enumerate() {
+                // The head stayed at `position` from `at` until the next event was recorded:
+                // replay at `at`, and at a time strictly between the two events (just
+                // after `at`, halfway, or just before the next event).
+                let next_at = env
+                    .store
+                    .read_all(snap.position + 1, 1, &store::AllFilter::default())
+                    .await
+                    .unwrap()
+                    .first()
+                    .map(|r| r.event.body().recorded_at);
+                let mut t = snap.at;
+                if let Some(next) = next_at.filter(|n| n.as_micros() > snap.at.as_micros() + 2) {
+                    t = match i % 3 {
+                        0 => micros(snap.at, 1),
+                        1 => Timestamp::from_micros((snap.at.as_micros() + next.as_micros()) / 2),
+                        _ => micros(next, -1),
+                    };
+                    between += 1;
+                }
+                for (id, chart, access) in &snap.patients {
+                    for t in [snap.at, t] {
+                        let replay = chart_as_of(&env.store, *id, t).await.unwrap();
+                        assert_eq!(replay.skipped, 0);
+                        assert_eq!(&replay.chart, chart, "replay to T differs from the read model at T");
+                    }
+                    assert_eq!(
+                        &ledger_access_log(&env.store, *id, Some(t)).await,
+                        access,
+                        "the ledger's access log through T differs from the read model at T"
+                    );
+                    let upto = AccessQuery { to: Some(micros(t, 1)), ..by_patient(*id) };
+                    assert_eq!(&env.read.access_log(&upto).await.unwrap(), access);
+                }
+            }
+            assert!(between > 0, "no snapshot was followed by a later event");
+            for id in &ids {
+                // The access log at head, row for row.
+                let sql = env.read.access_log(&by_patient(*id)).await.unwrap();
+                assert_eq!(sql, ledger_access_log(&env.store, *id, None).await);
+                // Before the patient's first event, the record did not exist.
+                let first = env.store.read_whole_stream(&domain::streams::patient(*id)).await.unwrap();
+                let before = micros(first[0].event.body().recorded_at, -1);
+                let replay = chart_as_of(&env.store, *id, before).await.unwrap();
+                assert_eq!((replay.events, replay.chart), (0, Chart::new(*id)));
             }
             env.projections.shutdown().await;
         });
@@ -577,4 +675,383 @@ impl ProposedEventBuilder {
             payload: b"{}".to_vec(),
         }
     }
+}
+
+// ------------------------------------------------------------------ crashes
+
+/// Record every history row the runner *tries* to insert (`access_log`, `entry_versions`,
+/// `consents`), in the runner's own transaction: a BEFORE INSERT row trigger fires even
+/// when `ON CONFLICT DO NOTHING` then drops the row, so applying a batch twice shows here
+/// even where the read model's rows would not; what a crash rolls back is not counted.
+async fn install_apply_audit(pool: &sqlx::PgPool, schema: &str) {
+    sqlx::raw_sql(
+        "CREATE TABLE public.test_apply_audit (tbl text NOT NULL, position bigint NOT NULL); \
+         CREATE FUNCTION public.test_apply_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO public.test_apply_audit VALUES (TG_TABLE_NAME, NEW.position); RETURN NEW; END $$;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    for t in ["access_log", "entry_versions", "consents"] {
+        sqlx::query(&format!(
+            "CREATE TRIGGER test_apply_audit BEFORE INSERT ON {schema}.{t} \
+             FOR EACH ROW EXECUTE FUNCTION public.test_apply_audit()"
+        ))
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// Everything that shows an event applied twice (or not at all), as readable lines:
+/// history rows attempted more than once for one event, attempts that do not match the
+/// ledger, charts (with their per-event counters `revision` and `anomalies`: re-applying
+/// a registration, an entry or a care-team change counts an anomaly; re-applying an
+/// amendment or a consent adds a version) that differ from the fold, and access logs
+/// that differ from the ledger's.
+async fn exactly_once_violations(env: &Env, ids: &[Uuid]) -> Vec<String> {
+    let pool = env.store.pool();
+    let mut out = Vec::new();
+    let twice: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT tbl, position, count(*) FROM public.test_apply_audit GROUP BY tbl, position \
+         HAVING count(*) > 1 ORDER BY tbl, position",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (t, p, n) in twice {
+        out.push(format!("{t}: the event at {p} was written {n} times"));
+    }
+    let (mut versions, mut consents, mut accesses) = (0i64, 0i64, 0i64);
+    for id in ids {
+        let fold = chart_at_head(&env.store, *id).await.unwrap();
+        versions += fold.chart.entries.values().map(|e| e.versions.len() as i64).sum::<i64>();
+        consents += fold.chart.consent.versions.len() as i64;
+        match env.read.chart(*id).await.unwrap() {
+            Some(sql) if sql == fold.chart => {}
+            Some(sql) => out.push(format!(
+                "chart of {id}: read model (revision {:?}, {} anomalies) differs from the fold (revision {:?}, {} anomalies)",
+                sql.revision, sql.anomalies, fold.chart.revision, fold.chart.anomalies
+            )),
+            None => out.push(format!("chart of {id}: missing from the read model")),
+        }
+        let ledger = ledger_access_log(&env.store, *id, None).await;
+        accesses += ledger.len() as i64;
+        if env.read.access_log(&by_patient(*id)).await.unwrap() != ledger {
+            out.push(format!("access log of {id}: read model differs from the ledger"));
+        }
+    }
+    let attempts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tbl, count(*) FROM public.test_apply_audit GROUP BY tbl ORDER BY tbl")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let attempted = |t: &str| attempts.iter().find(|(x, _)| x == t).map_or(0, |(_, n)| *n);
+    for (t, expected) in [("access_log", accesses), ("entry_versions", versions), ("consents", consents)] {
+        if attempted(t) != expected {
+            out.push(format!("{t}: {} rows written, the ledger holds {expected}", attempted(t)));
+        }
+    }
+    out
+}
+
+/// Terminate the backend of every runner transaction in progress (one that holds a
+/// transaction id and whose statement is the runner's); returns how many were killed.
+async fn kill_runner_transactions(killer: &sqlx::PgPool) -> u64 {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL \
+         AND (query LIKE '%rm_records_g%' OR query LIKE '%projection_generations%')",
+    )
+    .fetch_one(killer)
+    .await
+    .unwrap();
+    n as u64
+}
+
+/// The runner is killed over and over in the middle of batches (its connections
+/// terminated mid-transaction, its task aborted and restarted, a rival runner alongside),
+/// while catching up on a backlog by pages and while following live appends; it then
+/// resumes, and every event is applied exactly once: each history row was written once,
+/// the charts' per-event counters equal the fold's, and the access log equals the
+/// ledger's. The same checks are then shown to catch a batch applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_killed_mid_batch_applies_every_event_exactly_once() {
+    let env = env().await;
+    // This test runs its own runners.
+    env.projections.shutdown().await;
+    install_apply_audit(env.store.pool(), "rm_records_g1").await;
+    let killer =
+        sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(env._db.url()).await.unwrap();
+    // A backlog, applied from position 0 by pages of 13.
+    let mut ids = drive(&env, 41, 5, 220, NoOp).await;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let chaos = async {
+        let mut rng = domain::sim::Rng::new(7);
+        let mut runner = Projections::start(env.store.clone(), runner_config()).await.unwrap();
+        let rival = Projections::start(env.store.clone(), runner_config()).await.unwrap();
+        let (mut kills, mut aborts, mut after) = (0u64, 0u64, 0u64);
+        // Keep killing while the writer writes, then until enough crashes have happened
+        // (for a bounded time: an idle runner has no transaction to kill).
+        while !stop.load(std::sync::atomic::Ordering::Acquire) || (kills < 12 && after < 40) {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                after += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5 + rng.below(40))).await;
+            kills += kill_runner_transactions(&killer).await;
+            if rng.below(8) == 0 {
+                // A crash of the whole process's runner: the task is dropped wherever it is.
+                runner.shutdown().await;
+                runner = Projections::start(env.store.clone(), runner_config()).await.unwrap();
+                aborts += 1;
+            }
+        }
+        rival.shutdown().await;
+        (runner, kills, aborts)
+    };
+    let writer = async {
+        // Live appends at a pace the runners keep up with (both follow them live and race
+        // for each batch), while the chaos goes on.
+        let more = drive(&env, 42, 3, 150, Pace(Duration::from_millis(4))).await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        more
+    };
+    let ((runner, kills, aborts), more) = tokio::join!(chaos, writer);
+    ids.extend(more);
+    eprintln!("runner transactions killed: {kills}, runner tasks aborted: {aborts}");
+    assert!(kills >= 5, "too few runner transactions were killed ({kills}) for the test to mean much");
+    assert!(aborts >= 1);
+    let head = env.store.head().size;
+    runner.wait_for(head - 1, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(runner.lag().await.unwrap(), 0);
+    let g = &runner.generations().await.unwrap()[0];
+    assert_eq!((g.generation, g.status.as_str(), g.position, g.skipped), (1, "active", head, 0));
+    assert_eq!(exactly_once_violations(&env, &ids).await, Vec::<String>::new());
+    runner.shutdown().await;
+
+    // The checks can fail: apply the last 60 events again, as a runner that ignored the
+    // stored position would. The access log's row count alone would not show it.
+    let raw = env.store.read_all(head - 60, 60, &store::AllFilter::default()).await.unwrap();
+    let again: Vec<Recorded> =
+        raw.iter().filter_map(|r| Recorded::decode(r.position, &r.event, r.payload.as_ref()).ok()).collect();
+    assert!(again.iter().any(|r| matches!(r.event, DomainEvent::RecordAccessed(_))));
+    let mut tx = env.store.pool().begin().await.unwrap();
+    let mut cache = projections::records::ChartCache::default();
+    projections::records::apply_batch(&mut tx, "rm_records_g1", &mut cache, &again).await.unwrap();
+    tx.commit().await.unwrap();
+    let found = exactly_once_violations(&env, &ids).await;
+    assert!(found.iter().any(|v| v.starts_with("access_log: the event at")), "{found:?}");
+    assert!(found.iter().any(|v| v.starts_with("chart of")), "{found:?}");
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rm.access_log").fetch_one(env.store.pool()).await.unwrap();
+    let appended: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_events WHERE event_type = 'access.recorded'")
+            .fetch_one(env.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, appended, "ON CONFLICT DO NOTHING hides a double apply from a row count");
+}
+
+/// A page that holds an event written by a newer build is applied up to that event: the
+/// runner stops right before it, not at the start of the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_applies_a_page_up_to_a_newer_event() {
+    let env = env().await;
+    env.projections.shutdown().await;
+    let mut sim = Sim::new(8);
+    let (a, reg) = sim.register();
+    env.records.execute(a, actor(Role::Receptionist), Uuid::now_v7(), reg).await.unwrap();
+    for _ in 0..4 {
+        let cmd = Command::RecordEntry {
+            entry_id: Uuid::now_v7(),
+            content: sim.content(None),
+            effective_at: now(),
+        };
+        env.records.execute(a, actor(Role::Physician), Uuid::now_v7(), cmd).await.unwrap();
+    }
+    let future = ProposedEventBuilder::future();
+    let at = env
+        .store
+        .append(&domain::streams::patient(a), store::ExpectedRevision::Any, vec![future])
+        .await
+        .unwrap();
+    // Pages of 13 hold the whole backlog; the newer event is not the first of its page.
+    assert!(at.last_position() % 13 != 0);
+    let runner = Projections::start(env.store.clone(), runner_config()).await.unwrap();
+    let waited = runner.wait_for(at.last_position() - 1, Duration::from_secs(10)).await;
+    assert!(waited.is_ok(), "the events before the newer one were held back");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(runner.position(), at.last_position());
+    let chart = env.read.chart(a).await.unwrap().unwrap();
+    assert_eq!(chart.entries.len(), 4);
+    runner.shutdown().await;
+}
+
+// ------------------------------------------------------------------ entry history
+
+/// `pit::entry_history_as_of` and `ReadModels::entry_history` agree, at head and as of an
+/// earlier time, whether an entry is named by its id or by one of its amendments' ids;
+/// an entry whose id equals another entry's amendment id is found by its own id (as the
+/// command side resolves it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_history_as_of_agrees_with_the_read_model() {
+    let env = env().await;
+    let mut sim = Sim::new(9);
+    let (id, reg) = sim.register();
+    env.records.execute(id, actor(Role::Receptionist), Uuid::now_v7(), reg).await.unwrap();
+    let (other, reg) = sim.register();
+    env.records.execute(other, actor(Role::Receptionist), Uuid::now_v7(), reg).await.unwrap();
+    let kind = Some(EntryKind::Prescription);
+    let entry = Uuid::now_v7();
+    let record = Command::RecordEntry { entry_id: entry, content: sim.content(kind), effective_at: now() };
+    env.records.execute(id, actor(Role::Physician), Uuid::now_v7(), record).await.unwrap();
+    let amend = |amendment_id, entry_id, sim: &mut Sim| Command::AmendEntry {
+        amendment_id,
+        entry_id,
+        content: sim.content(kind),
+        reason: "dose".into(),
+        effective_at: now(),
+    };
+    let (a1, a2) = (Uuid::now_v7(), Uuid::now_v7());
+    let done = env
+        .records
+        .execute(id, actor(Role::Physician), Uuid::now_v7(), amend(a1, entry, &mut sim))
+        .await
+        .unwrap();
+    env.projections.wait_for(done.position, Duration::from_secs(10)).await.unwrap();
+    let t1 = env.store.event_by_id(done.event_id).await.unwrap().unwrap().event.body().recorded_at;
+    let names = [entry, a1, a2, Uuid::now_v7()];
+    let mut then = Vec::new();
+    for n in names {
+        then.push(env.read.entry_history(id, n).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    // Amend through the first amendment's id, then retract through the second's.
+    env.records.execute(id, actor(Role::Physician), Uuid::now_v7(), amend(a2, a1, &mut sim)).await.unwrap();
+    let retract = Command::MarkEnteredInError { entry_id: a2, reason: "wrong patient".into() };
+    env.records.execute(id, actor(Role::Physician), Uuid::now_v7(), retract).await.unwrap();
+    caught_up(&env).await;
+
+    // As of T, the second amendment did not exist.
+    assert_eq!(then[0].as_ref().map(Vec::len), Some(2));
+    assert_eq!(then[1], then[0]);
+    assert_eq!((&then[2], &then[3]), (&None, &None));
+    for (n, sql_then) in names.iter().zip(&then) {
+        assert_eq!(&entry_history_as_of(&env.store, id, *n, Some(t1)).await.unwrap(), sql_then);
+        assert_eq!(&entry_history_as_of(&env.store, id, *n, Some(micros(t1, 1))).await.unwrap(), sql_then);
+    }
+    // At head: four versions, the same through any of the three ids.
+    let head = env.read.entry_history(id, entry).await.unwrap().unwrap();
+    assert_eq!(head.len(), 4);
+    assert!(matches!(head[2].change, VersionChange::Amended { amendment_id, .. } if amendment_id == a2));
+    assert!(matches!(head[3].change, VersionChange::EnteredInError { .. }));
+    for n in [entry, a1, a2] {
+        assert_eq!(env.read.entry_history(id, n).await.unwrap().as_ref(), Some(&head));
+        assert_eq!(entry_history_as_of(&env.store, id, n, None).await.unwrap().as_ref(), Some(&head));
+    }
+    // Not another patient's, and not an unknown id.
+    for (p, n) in [(other, entry), (other, a1), (id, Uuid::now_v7())] {
+        assert_eq!(env.read.entry_history(p, n).await.unwrap(), None);
+        assert_eq!(entry_history_as_of(&env.store, p, n, None).await.unwrap(), None);
+    }
+    // A new entry whose (client-chosen) id is the first amendment's id: named by that id,
+    // it is the new entry, in both.
+    let record = Command::RecordEntry { entry_id: a1, content: sim.content(None), effective_at: now() };
+    env.records.execute(id, actor(Role::Physician), Uuid::now_v7(), record).await.unwrap();
+    caught_up(&env).await;
+    let sql = env.read.entry_history(id, a1).await.unwrap().unwrap();
+    assert_eq!(sql.len(), 1);
+    assert_eq!(sql[0].change, VersionChange::Recorded);
+    assert_eq!(entry_history_as_of(&env.store, id, a1, None).await.unwrap(), Some(sql));
+    assert_eq!(entry_history_as_of(&env.store, id, a2, None).await.unwrap(), Some(head));
+}
+
+// ------------------------------------------------------------------ access log
+
+/// The access log by time range (from inclusive, to exclusive) with non-empty results,
+/// combined with the patient and user filters, and paged newest first with the
+/// `before_position` cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_time_ranges_and_cursor_paging() {
+    let env = env().await;
+    let mut sim = Sim::new(10);
+    let (a, reg) = sim.register();
+    env.records.execute(a, actor(Role::Receptionist), Uuid::now_v7(), reg).await.unwrap();
+    let (b, reg) = sim.register();
+    env.records.execute(b, actor(Role::Receptionist), Uuid::now_v7(), reg).await.unwrap();
+    let (u1, u2) = (Uuid::now_v7(), Uuid::now_v7());
+    let access = |patient_id| RecordAccessed {
+        patient_id,
+        resources: [ResourceKind::Demographics].into_iter().collect(),
+        action: AccessAction::View,
+        purpose: PurposeOfUse::Treatment,
+        break_glass_reason: None,
+        client_addr: None,
+        user_agent: None,
+        session_id: None,
+    };
+    // Seven accesses of A (alternating users) and one of B, each at its own time.
+    let mut last = 0;
+    for i in 0..8 {
+        let (patient, user) = if i == 5 { (b, u1) } else { (a, if i % 2 == 0 { u1 } else { u2 }) };
+        let viewer = Actor { user_id: user, role: Role::Physician.role_name() };
+        last = env.records.record_access(viewer, Uuid::now_v7(), access(patient)).await.unwrap().position;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    env.projections.wait_for(last, Duration::from_secs(10)).await.unwrap();
+    let q = |q: AccessQuery| {
+        let read = env.read.clone();
+        async move { read.access_log(&q).await.unwrap() }
+    };
+    let all = q(AccessQuery { limit: 100, ..AccessQuery::default() }).await;
+    assert_eq!(all.len(), 8);
+    assert!(all.windows(2).all(|w| w[0].position > w[1].position && w[0].accessed_at > w[1].accessed_at));
+    let of_a: Vec<_> = all.iter().filter(|r| r.patient_id == a).cloned().collect();
+    assert_eq!(q(by_patient(a)).await, of_a);
+    // Times, oldest first: t[0] .. t[6] are A's accesses.
+    let t: Vec<Timestamp> = of_a.iter().rev().map(|r| r.accessed_at).collect();
+    let range = |from, to| AccessQuery { from: Some(from), to: Some(to), ..by_patient(a) };
+    // [t1, t4): t3, t2, t1 (newest first); the bound at `to` is excluded.
+    assert_eq!(q(range(t[1], t[4])).await, of_a[3..6].to_vec());
+    // Just past t1 excludes t1; just past t4 includes t4.
+    assert_eq!(q(range(micros(t[1], 1), t[4])).await, of_a[3..5].to_vec());
+    assert_eq!(q(range(t[1], micros(t[4], 1))).await, of_a[2..6].to_vec());
+    // Just before t1 includes t1 and nothing older.
+    assert_eq!(q(range(micros(t[1], -1), micros(t[1], 1))).await, of_a[5..6].to_vec());
+    // Open-ended ranges.
+    assert_eq!(q(AccessQuery { from: Some(t[5]), ..by_patient(a) }).await, of_a[..2].to_vec());
+    assert_eq!(q(AccessQuery { to: Some(t[1]), ..by_patient(a) }).await, of_a[6..].to_vec());
+    // A range over every patient includes B's access; with a user filter, only theirs.
+    let everyone =
+        AccessQuery { from: Some(t[0]), to: Some(micros(t[6], 1)), limit: 100, ..AccessQuery::default() };
+    assert_eq!(q(everyone.clone()).await, all);
+    let by_u2 = q(AccessQuery { user_id: Some(u2), ..everyone.clone() }).await;
+    assert_eq!(by_u2.len(), 3);
+    assert!(by_u2.iter().all(|r| r.user_id == u2 && r.patient_id == a));
+    // A range holding nothing.
+    assert!(q(range(micros(t[6], 1), micros(t[6], 2))).await.is_empty());
+
+    // Paging with the cursor: pages of 3, newest first, each strictly below the last
+    // position of the page before, together the whole log without repeats.
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = q(AccessQuery { limit: 3, before_position: cursor, ..AccessQuery::default() }).await;
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(|r| r.position);
+        pages.push(page);
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 2]);
+    assert_eq!(pages.concat(), all);
+    // The cursor combines with the other filters; it is exclusive.
+    let below =
+        q(AccessQuery { before_position: Some(of_a[2].position), ..range(t[1], micros(t[6], 1)) }).await;
+    assert_eq!(below, of_a[3..6].to_vec());
+    let b_only = q(AccessQuery { before_position: Some(all[0].position), ..by_patient(b) }).await;
+    assert_eq!(b_only.len(), 1);
+    assert!(q(AccessQuery { before_position: Some(all[7].position), ..AccessQuery::default() })
+        .await
+        .is_empty());
 }
