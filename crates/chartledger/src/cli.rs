@@ -17,6 +17,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server (GraphQL API, projections, checkpoints). With no DATABASE_URL it
+    /// runs its own PostgreSQL in the data folder.
+    Serve(ServeArgs),
     /// Manage ledger signing keys.
     Keys {
         #[command(subcommand)]
@@ -83,4 +86,14 @@ pub struct VerifyArgs {
     /// A trusted verifier key (`name+hash+base64`, as printed by `keys generate`). Repeatable.
     #[arg(long = "key", required = true)]
     pub keys: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); `CHARTLEDGER_*` variables override it.
+    #[arg(long, env = "CHARTLEDGER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// An existing PostgreSQL database; unset: an embedded cluster in the data folder.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }

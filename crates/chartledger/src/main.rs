@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
+        cli::Command::Serve(args) => serve::run(&args),
         cli::Command::Keys { command: cli::KeysCommand::Generate(args) } => commands::keys::generate(&args),
         cli::Command::Checkpoint { command: cli::CheckpointCommand::Verify(args) } => {
             commands::checkpoint::verify(&args)

@@ -451,3 +451,24 @@ impl UserCreated {
         Ok(())
     }
 }
+
+impl AccessDenied {
+    /// Operation and reason are stable codes (lowercase tokens), never free text.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._".contains(&b))
+        };
+        if !token(&self.operation) {
+            return Err(DomainError::MalformedValue { field: "operation" });
+        }
+        if !token(&self.reason) {
+            return Err(DomainError::MalformedValue { field: "reason" });
+        }
+        if let Some(a) = &self.client_addr {
+            text(a, 64, "client_addr")?;
+        }
+        Ok(())
+    }
+}

@@ -443,7 +443,7 @@ pub enum ResourceKind {
     Export,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessAction {
     View,
@@ -476,6 +476,10 @@ pub enum PurposeOfUse {
     PatientRequest,
     Legal,
     Audit,
+    /// Secondary use for research: needs the patient's research consent.
+    Research,
+    /// Marketing: needs the patient's marketing consent.
+    Marketing,
 }
 
 impl PurposeOfUse {
@@ -488,6 +492,8 @@ impl PurposeOfUse {
             Self::PatientRequest => "patient_request",
             Self::Legal => "legal",
             Self::Audit => "audit",
+            Self::Research => "research",
+            Self::Marketing => "marketing",
         }
     }
 }
@@ -600,6 +606,28 @@ pub struct MfaEnrolled {
     pub user_id: Uuid,
 }
 
+/// `security.mfa_challenged` v1: the password was right and a second factor was asked for
+/// (`session_id` is the pending session the code must complete).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MfaChallenged {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+/// `security.access_denied` v1: an authenticated request was refused by the access
+/// policy (role, care team, consent). `operation` and `reason` are stable codes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessDenied {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    #[serde(default)]
+    pub patient_id: Option<Uuid>,
+    pub operation: String,
+    pub reason: String,
+    #[serde(default)]
+    pub client_addr: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
     pub user_id: Uuid,
@@ -694,6 +722,8 @@ catalog! {
     LoginFailed(LoginFailed) = "security.login_failed" v 1,
     MfaEnrolled(MfaEnrolled) = "security.mfa_enrolled" v 1,
     SessionEnded(SessionEnded) = "security.session_ended" v 1,
+    MfaChallenged(MfaChallenged) = "security.mfa_challenged" v 1,
+    AccessDenied(AccessDenied) = "security.access_denied" v 1,
     UserCreated(UserCreated) = "staff.user_created" v 1,
     RoleGranted(RoleChanged) = "staff.role_granted" v 1,
     RoleRevoked(RoleChanged) = "staff.role_revoked" v 1,

@@ -25,7 +25,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Create `path` with mode 0600 (refusing to overwrite) and write `bytes` and a newline.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

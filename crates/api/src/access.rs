@@ -1,0 +1,239 @@
+//! Enforcement: every resolver that touches a patient's record calls [`authorize`] with
+//! its [`Operation`] and the patient. It applies the [`policy`](crate::policy) table, the
+//! care-team and break-glass conditions and the purpose-of-use consent check; refusals
+//! are recorded (`security.access_denied`); granted record operations are collected, and
+//! the HTTP layer writes one `access.recorded` event per patient per request, durably,
+//! before any byte of the response is sent ([`AccessCollector::flush`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use async_graphql::Context;
+use domain::events::{AccessAction, AccessDenied, DomainEvent, PurposeOfUse, RecordAccessed, ResourceKind};
+use uuid::Uuid;
+
+use crate::auth::{ClientInfo, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::policy::{self, Operation, Rule};
+use crate::AppState;
+
+/// Per-request context, put into the GraphQL request by the HTTP layer.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The session behind the bearer token (or why there is none).
+    pub principal: Result<Principal, ApiError>,
+    pub client: ClientInfo,
+    /// The purpose of use the client declared (`X-Purpose-Of-Use`), if any.
+    pub declared_purpose: Option<PurposeOfUse>,
+    pub collector: AccessCollector,
+}
+
+impl RequestCtx {
+    /// The authenticated principal, with its second factor done.
+    pub fn principal(&self) -> ApiResult<&Principal> {
+        match &self.principal {
+            Ok(p) if p.mfa_verified => Ok(p),
+            Ok(_) => Err(ApiError::MfaRequired),
+            Err(ApiError::SessionExpired) => Err(ApiError::SessionExpired),
+            Err(_) => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    /// The authenticated principal, second factor pending or not (for `verifyMfa`,
+    /// `enrollMfa`, `logout`, `me`).
+    pub fn session(&self) -> ApiResult<&Principal> {
+        match &self.principal {
+            Ok(p) => Ok(p),
+            Err(ApiError::SessionExpired) => Err(ApiError::SessionExpired),
+            Err(_) => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    pub fn purpose(&self, p: &Principal) -> PurposeOfUse {
+        self.declared_purpose.unwrap_or_else(|| policy::default_purpose(p.role))
+    }
+}
+
+/// A granted access waiting to be recorded.
+#[derive(Debug, Default)]
+struct Pending {
+    resources: BTreeSet<ResourceKind>,
+    break_glass: Option<String>,
+}
+
+/// The record accesses a request made, by (patient, action).
+#[derive(Debug, Default)]
+pub struct AccessCollector {
+    pending: Mutex<BTreeMap<(Uuid, AccessAction), Pending>>,
+}
+
+impl AccessCollector {
+    pub fn add(
+        &self,
+        patient: Uuid,
+        resource: ResourceKind,
+        action: AccessAction,
+        break_glass: Option<String>,
+    ) {
+        let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry((patient, action)).or_default();
+        entry.resources.insert(resource);
+        if break_glass.is_some() {
+            entry.break_glass = break_glass;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.lock().map(|m| m.is_empty()).unwrap_or(false)
+    }
+
+    /// Patients accessed so far (tests, metrics).
+    pub fn patients(&self) -> BTreeSet<Uuid> {
+        self.pending.lock().map(|m| m.keys().map(|(p, _)| *p).collect()).unwrap_or_default()
+    }
+
+    /// Write one access event per patient and action, concurrently (the store's group
+    /// commit takes them in one transaction). Any failure fails the whole request.
+    pub async fn flush(&self, state: &AppState, req: &RequestCtx) -> ApiResult<usize> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let p = req.principal()?;
+        let purpose = req.purpose(p);
+        let writes = pending.into_iter().map(|((patient_id, action), pending)| {
+            let access = RecordAccessed {
+                patient_id,
+                resources: pending.resources,
+                action,
+                purpose: if pending.break_glass.is_some() { PurposeOfUse::Emergency } else { purpose },
+                break_glass_reason: pending.break_glass,
+                client_addr: req.client.addr.clone(),
+                user_agent: req.client.user_agent.clone(),
+                session_id: Some(p.session_id),
+            };
+            state.records.record_access(p.actor(), Uuid::now_v7(), access)
+        });
+        let results = futures::future::join_all(writes).await;
+        let n = results.len();
+        for r in results {
+            if let Err(e) = r {
+                tracing::error!(code = e.code(), "access event not recorded; response withheld");
+                return Err(ApiError::AuditUnavailable);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The request's context pieces.
+pub fn parts<'a>(ctx: &Context<'a>) -> ApiResult<(&'a AppState, &'a RequestCtx)> {
+    let state = ctx.data::<AppState>().map_err(|_| ApiError::Internal { code: "api.no_state" })?;
+    let req = ctx
+        .data::<std::sync::Arc<RequestCtx>>()
+        .map_err(|_| ApiError::Internal { code: "api.no_request" })?;
+    Ok((state, req.as_ref()))
+}
+
+/// Decide `op` on `patient` for the request's principal; on success the access is
+/// collected for the audit trail (for operations on a record). Returns the principal.
+pub async fn authorize<'a>(
+    ctx: &Context<'a>,
+    op: Operation,
+    patient: Option<Uuid>,
+) -> ApiResult<&'a Principal> {
+    let (state, req) = parts(ctx)?;
+    let p = req.principal()?;
+    let break_glass = match check(state, req, p, op, patient).await {
+        Ok(bg) => bg,
+        Err(e @ (ApiError::Forbidden | ApiError::ConsentRequired)) => {
+            deny(state, req, p, op, patient, e.code()).await;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    if let (Some(patient), Some((resource, action))) = (patient, op.audited_as()) {
+        req.collector.add(patient, resource, action, break_glass);
+    }
+    Ok(p)
+}
+
+/// Whether the principal may see `patient` in a list (search results): the same rule,
+/// without recording a refusal for each patient left out.
+pub async fn may_list(state: &AppState, req: &RequestCtx, p: &Principal, patient: Uuid) -> ApiResult<bool> {
+    match check(state, req, p, Operation::ReadDemographics, Some(patient)).await {
+        Ok(_) => Ok(true),
+        Err(ApiError::Forbidden | ApiError::ConsentRequired) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The decision. `Ok(Some(reason))` when granted by break-glass.
+async fn check(
+    state: &AppState,
+    req: &RequestCtx,
+    p: &Principal,
+    op: Operation,
+    patient: Option<Uuid>,
+) -> ApiResult<Option<String>> {
+    let mut break_glass = None;
+    match policy::rule(p.role, op) {
+        Rule::Deny => return Err(ApiError::Forbidden),
+        Rule::Allow => {}
+        Rule::OwnRecord => {
+            if patient.is_none() || patient != p.patient_id {
+                return Err(ApiError::Forbidden);
+            }
+        }
+        Rule::CareTeam => {
+            let Some(patient) = patient else { return Err(ApiError::Forbidden) };
+            if !state.read.is_on_care_team(patient, p.user_id).await? {
+                match state.auth.break_glass_reason(p, patient).await? {
+                    Some(reason) => break_glass = Some(reason),
+                    None => return Err(ApiError::Forbidden),
+                }
+            }
+        }
+    }
+    if let (Some(patient), Some(needed)) = (patient, policy::consent_needed(req.purpose(p))) {
+        if op.touches_record() && break_glass.is_none() {
+            let current = state.read.consent_history(patient).await?;
+            let granted = current.last().is_some_and(|c| c.granted.contains(&needed));
+            if !granted {
+                return Err(ApiError::ConsentRequired);
+            }
+        }
+    }
+    Ok(break_glass)
+}
+
+/// Record a refusal. A failure to record it is logged; the refusal stands either way.
+async fn deny(
+    state: &AppState,
+    req: &RequestCtx,
+    p: &Principal,
+    op: Operation,
+    patient: Option<Uuid>,
+    reason: &str,
+) {
+    state.metrics.denied(op.code());
+    let event = DomainEvent::AccessDenied(AccessDenied {
+        user_id: p.user_id,
+        session_id: p.session_id,
+        patient_id: patient,
+        operation: op.code().to_owned(),
+        reason: reason.to_owned(),
+        client_addr: req.client.addr.clone(),
+    });
+    if let Err(e) = state.records.record_system(p.actor(), Uuid::now_v7(), event).await {
+        tracing::error!(code = e.code(), "access refusal not recorded");
+    }
+}
+
+/// Wait until the read models have applied `position` (read-your-writes).
+pub async fn wait_for(state: &AppState, position: Option<u64>) -> ApiResult<()> {
+    if let Some(position) = position {
+        state.projections.wait_for(position, state.config.max_wait).await?;
+    }
+    Ok(())
+}

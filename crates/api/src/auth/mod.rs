@@ -1,0 +1,494 @@
+//! Authentication: unique accounts with argon2id passwords, TOTP second factor, bearer
+//! session tokens (only their SHA-256 is stored) that end after inactivity (automatic
+//! logoff) or an absolute lifetime, lock-out after repeated failures, and break-glass
+//! grants. Every login success or failure, MFA challenge, logout and automatic logoff is
+//! a signed event in `$security` before the caller gets an answer.
+
+pub mod password;
+pub mod totp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use domain::events::{
+    DomainEvent, LoginFailed, LoginFailure, LoginSucceeded, MfaChallenged, MfaEnrolled, Role, SessionEnd,
+    SessionEnded,
+};
+use ledger::Actor;
+use projections::{ReadModels, Records};
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::ApiConfig;
+use crate::error::{ApiError, ApiResult};
+
+/// Who is asking: an authenticated session acting in one role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub role: Role,
+    /// Patient accounts: their own record.
+    pub patient_id: Option<Uuid>,
+    /// False while a required second factor is still pending.
+    pub mfa_verified: bool,
+}
+
+impl Principal {
+    pub fn actor(&self) -> Actor {
+        Actor { user_id: self.user_id, role: self.role.role_name() }
+    }
+}
+
+/// Where a request came from (recorded in security and access events).
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub addr: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The answer to a correct password.
+#[derive(Clone, Debug)]
+pub struct LoginOutcome {
+    pub token: String,
+    pub principal: Principal,
+    /// A second factor must be given (`verifyMfa`) before anything else; `enrolled` says
+    /// whether the user already has one or must enrol first (`enrollMfa`).
+    pub mfa_pending: bool,
+    pub mfa_enrolled: bool,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pool: PgPool,
+    records: Records,
+    read: ReadModels,
+    config: Arc<ApiConfig>,
+}
+
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn new_token() -> String {
+    let mut b = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn dur(d: Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+}
+
+impl Auth {
+    pub fn new(pool: PgPool, records: Records, config: Arc<ApiConfig>) -> Self {
+        let read = ReadModels::new(pool.clone());
+        Self { pool, records, read, config }
+    }
+
+    async fn security(&self, actor: Actor, event: DomainEvent) -> ApiResult<()> {
+        self.records.record_system(actor, Uuid::now_v7(), event).await?;
+        Ok(())
+    }
+
+    /// Store credentials for a user whose `staff.user_created` event is written.
+    pub async fn set_credentials(
+        &self,
+        user_id: Uuid,
+        username: &str,
+        password: &str,
+        must_change: bool,
+    ) -> ApiResult<()> {
+        if !password::acceptable(password) {
+            return Err(ApiError::InvalidInput { code: "auth.weak_password" });
+        }
+        let phc = password::hash(password).map_err(|e| ApiError::internal("auth.hash", &e))?;
+        sqlx::query(
+            "INSERT INTO auth_credentials (user_id, username, password_hash, must_change_password) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, \
+             must_change_password = EXCLUDED.must_change_password, failed_attempts = 0, locked_until = NULL",
+        )
+        .bind(user_id)
+        .bind(username)
+        .bind(phc)
+        .bind(must_change)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn username_taken(&self, username: &str) -> ApiResult<bool> {
+        Ok(sqlx::query("SELECT 1 FROM auth_credentials WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    /// Check a user name and password. On success a session starts (pending its second
+    /// factor where one is required).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        role: Option<Role>,
+        client: &ClientInfo,
+    ) -> ApiResult<LoginOutcome> {
+        let now = OffsetDateTime::now_utc();
+        let row = sqlx::query(
+            "SELECT user_id, password_hash, mfa_enrolled, locked_until FROM auth_credentials WHERE username = $1",
+        )
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            // Same work as for a real user, then the same answer.
+            let _ = password::verify(password, password::dummy_hash());
+            self.failed(None, LoginFailure::UnknownUser, client).await?;
+            return Err(ApiError::InvalidCredentials);
+        };
+        let user_id: Uuid = row.try_get("user_id")?;
+        let locked_until: Option<OffsetDateTime> = row.try_get("locked_until")?;
+        if locked_until.is_some_and(|t| t > now) {
+            self.failed(Some(user_id), LoginFailure::Locked, client).await?;
+            return Err(ApiError::Locked);
+        }
+        let phc: String = row.try_get("password_hash")?;
+        let ok = {
+            let (pw, phc) = (password.to_owned(), phc);
+            tokio::task::spawn_blocking(move || password::verify(&pw, &phc))
+                .await
+                .map_err(|e| ApiError::internal("auth.hash", &e))?
+        };
+        if !ok {
+            let locked = self.count_failure(user_id).await?;
+            self.failed(Some(user_id), LoginFailure::BadPassword, client).await?;
+            return Err(if locked { ApiError::Locked } else { ApiError::InvalidCredentials });
+        }
+        let user = self.read.user(user_id).await?;
+        let Some(user) = user.filter(|u| u.active) else {
+            self.failed(Some(user_id), LoginFailure::Deactivated, client).await?;
+            return Err(ApiError::InvalidCredentials);
+        };
+        let role = match role {
+            Some(r) if user.roles.contains(&r) => r,
+            Some(_) => return Err(ApiError::InvalidCredentials),
+            None if user.roles.len() == 1 => {
+                user.roles.iter().next().copied().ok_or(ApiError::InvalidCredentials)?
+            }
+            None => return Err(ApiError::InvalidInput { code: "auth.role_required" }),
+        };
+        sqlx::query(
+            "UPDATE auth_credentials SET failed_attempts = 0, locked_until = NULL WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        let enrolled: bool = row.try_get("mfa_enrolled")?;
+        let mfa_pending = enrolled || self.config.mfa_required_roles.contains(&role);
+        let principal = Principal {
+            user_id,
+            session_id: Uuid::now_v7(),
+            role,
+            patient_id: if role == Role::Patient { user.patient_id } else { None },
+            mfa_verified: !mfa_pending,
+        };
+        if role == Role::Patient && principal.patient_id.is_none() {
+            return Err(ApiError::InvalidCredentials);
+        }
+        let token = new_token();
+        let expires_at = now + dur(self.config.absolute_timeout);
+        sqlx::query(
+            "INSERT INTO auth_sessions (token_hash, session_id, user_id, role, patient_id, mfa_verified, created_at, last_seen, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+        )
+        .bind(token_hash(&token))
+        .bind(principal.session_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(principal.patient_id)
+        .bind(principal.mfa_verified)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        let event = if mfa_pending {
+            DomainEvent::MfaChallenged(MfaChallenged { user_id, session_id: principal.session_id })
+        } else {
+            DomainEvent::LoginSucceeded(LoginSucceeded {
+                user_id,
+                session_id: principal.session_id,
+                mfa: false,
+                client_addr: client.addr.clone(),
+            })
+        };
+        self.security(principal.actor(), event).await?;
+        Ok(LoginOutcome { token, principal, mfa_pending, mfa_enrolled: enrolled, expires_at })
+    }
+
+    async fn failed(
+        &self,
+        user_id: Option<Uuid>,
+        failure: LoginFailure,
+        client: &ClientInfo,
+    ) -> ApiResult<()> {
+        let actor = Actor { user_id: user_id.unwrap_or(Uuid::nil()), role: ledger::RoleName::system() };
+        let event =
+            DomainEvent::LoginFailed(LoginFailed { user_id, failure, client_addr: client.addr.clone() });
+        self.security(actor, event).await
+    }
+
+    /// Count a failed password or code; lock the account at the threshold. True when it
+    /// is now locked.
+    async fn count_failure(&self, user_id: Uuid) -> ApiResult<bool> {
+        let until = OffsetDateTime::now_utc() + dur(self.config.lockout_duration);
+        let row = sqlx::query(
+            "UPDATE auth_credentials SET failed_attempts = failed_attempts + 1, \
+             locked_until = CASE WHEN failed_attempts + 1 >= $2 THEN $3 ELSE locked_until END \
+             WHERE user_id = $1 RETURNING failed_attempts",
+        )
+        .bind(user_id)
+        .bind(i32::try_from(self.config.lockout_threshold).unwrap_or(i32::MAX))
+        .bind(until)
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i32 = row.try_get("failed_attempts")?;
+        Ok(u32::try_from(n).unwrap_or(0) >= self.config.lockout_threshold)
+    }
+
+    /// Start TOTP enrolment for a user who has none: a new secret, returned once.
+    pub async fn enroll_mfa(&self, p: &Principal) -> ApiResult<(String, String)> {
+        let row = sqlx::query("SELECT username, mfa_enrolled FROM auth_credentials WHERE user_id = $1")
+            .bind(p.user_id)
+            .fetch_one(&self.pool)
+            .await?;
+        if row.try_get::<bool, _>("mfa_enrolled")? {
+            return Err(ApiError::Refused { code: "auth.mfa_already_enrolled" });
+        }
+        let username: String = row.try_get("username")?;
+        let secret = totp::new_secret();
+        let out = totp::provisioning(&secret, &username).ok_or(ApiError::Internal { code: "auth.totp" })?;
+        sqlx::query("UPDATE auth_credentials SET totp_secret = $2 WHERE user_id = $1 AND NOT mfa_enrolled")
+            .bind(p.user_id)
+            .bind(secret)
+            .execute(&self.pool)
+            .await?;
+        Ok(out)
+    }
+
+    /// Complete the second factor of a pending session (and the enrolment, the first time).
+    pub async fn verify_mfa(&self, p: &Principal, code: &str, client: &ClientInfo) -> ApiResult<()> {
+        let now = OffsetDateTime::now_utc();
+        let row = sqlx::query(
+            "SELECT totp_secret, mfa_enrolled, last_totp_step, locked_until FROM auth_credentials WHERE user_id = $1",
+        )
+        .bind(p.user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let locked_until: Option<OffsetDateTime> = row.try_get("locked_until")?;
+        if locked_until.is_some_and(|t| t > now) {
+            self.end_session(p, SessionEnd::Revoked).await?;
+            self.failed(Some(p.user_id), LoginFailure::Locked, client).await?;
+            return Err(ApiError::Locked);
+        }
+        let Some(secret) = row.try_get::<Option<Vec<u8>>, _>("totp_secret")? else {
+            return Err(ApiError::Refused { code: "auth.mfa_not_enrolled" });
+        };
+        let last: Option<i64> = row.try_get("last_totp_step")?;
+        let unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+        let step = totp::matching_step(&secret, code, unix)
+            .filter(|s| last.is_none_or(|l| i64::try_from(*s).unwrap_or(i64::MAX) > l));
+        let Some(step) = step else {
+            let locked = self.count_failure(p.user_id).await?;
+            self.failed(Some(p.user_id), LoginFailure::BadMfaCode, client).await?;
+            if locked {
+                self.end_session(p, SessionEnd::Revoked).await?;
+                return Err(ApiError::Locked);
+            }
+            return Err(ApiError::InvalidCredentials);
+        };
+        let enrolled: bool = row.try_get("mfa_enrolled")?;
+        sqlx::query(
+            "UPDATE auth_credentials SET last_totp_step = $2, mfa_enrolled = true, failed_attempts = 0 WHERE user_id = $1",
+        )
+        .bind(p.user_id)
+        .bind(i64::try_from(step).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("UPDATE auth_sessions SET mfa_verified = true, last_seen = $2 WHERE session_id = $1 AND ended_at IS NULL")
+            .bind(p.session_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        if !enrolled {
+            self.security(p.actor(), DomainEvent::MfaEnrolled(MfaEnrolled { user_id: p.user_id })).await?;
+        }
+        let event = DomainEvent::LoginSucceeded(LoginSucceeded {
+            user_id: p.user_id,
+            session_id: p.session_id,
+            mfa: true,
+            client_addr: client.addr.clone(),
+        });
+        self.security(p.actor(), event).await
+    }
+
+    /// The principal behind a bearer token, ending the session (and recording why) if
+    /// it has been idle too long or outlived its absolute lifetime.
+    pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+        let now = OffsetDateTime::now_utc();
+        let row = sqlx::query(
+            "SELECT session_id, user_id, role, patient_id, mfa_verified, last_seen, expires_at, ended_at \
+             FROM auth_sessions WHERE token_hash = $1",
+        )
+        .bind(token_hash(token))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Err(ApiError::Unauthenticated) };
+        let role: String = row.try_get("role")?;
+        let p = Principal {
+            user_id: row.try_get("user_id")?,
+            session_id: row.try_get("session_id")?,
+            role: Role::parse(&role).ok_or(ApiError::Unauthenticated)?,
+            patient_id: row.try_get("patient_id")?,
+            mfa_verified: row.try_get("mfa_verified")?,
+        };
+        if row.try_get::<Option<OffsetDateTime>, _>("ended_at")?.is_some() {
+            return Err(ApiError::SessionExpired);
+        }
+        let last_seen: OffsetDateTime = row.try_get("last_seen")?;
+        let expires_at: OffsetDateTime = row.try_get("expires_at")?;
+        if now >= expires_at {
+            self.end_session(&p, SessionEnd::AbsoluteTimeout).await?;
+            return Err(ApiError::SessionExpired);
+        }
+        if now - last_seen >= dur(self.config.idle_timeout) {
+            self.end_session(&p, SessionEnd::IdleTimeout).await?;
+            return Err(ApiError::SessionExpired);
+        }
+        // Touch at most once a second: activity within the second changes nothing.
+        if now - last_seen >= time::Duration::SECOND {
+            sqlx::query("UPDATE auth_sessions SET last_seen = $2 WHERE session_id = $1 AND ended_at IS NULL")
+                .bind(p.session_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(p)
+    }
+
+    /// End a session once (the first caller records the event).
+    pub async fn end_session(&self, p: &Principal, end: SessionEnd) -> ApiResult<()> {
+        let reason = match end {
+            SessionEnd::Logout => "logout",
+            SessionEnd::IdleTimeout => "idle_timeout",
+            SessionEnd::AbsoluteTimeout => "absolute_timeout",
+            SessionEnd::Revoked => "revoked",
+        };
+        let ended = sqlx::query(
+            "UPDATE auth_sessions SET ended_at = $2, end_reason = $3 WHERE session_id = $1 AND ended_at IS NULL",
+        )
+        .bind(p.session_id)
+        .bind(OffsetDateTime::now_utc())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if ended == 1 {
+            let event =
+                DomainEvent::SessionEnded(SessionEnded { user_id: p.user_id, session_id: p.session_id, end });
+            self.security(p.actor(), event).await?;
+        }
+        Ok(())
+    }
+
+    /// End every live session of a user (deactivation, role revocation).
+    pub async fn revoke_user_sessions(&self, user_id: Uuid) -> ApiResult<usize> {
+        let rows = sqlx::query(
+            "SELECT session_id, role, patient_id FROM auth_sessions WHERE user_id = $1 AND ended_at IS NULL",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let role: String = r.try_get("role")?;
+            let p = Principal {
+                user_id,
+                session_id: r.try_get("session_id")?,
+                role: Role::parse(&role).unwrap_or(Role::Patient),
+                patient_id: r.try_get("patient_id")?,
+                mfa_verified: false,
+            };
+            self.end_session(&p, SessionEnd::Revoked).await?;
+        }
+        Ok(rows.len())
+    }
+
+    /// Automatic logoff of sessions nobody came back to: ends every session idle past
+    /// the limit (or past its lifetime) and records it. Returns how many ended.
+    pub async fn sweep(&self) -> ApiResult<usize> {
+        let now = OffsetDateTime::now_utc();
+        let rows = sqlx::query(
+            "SELECT session_id, user_id, role, patient_id, expires_at FROM auth_sessions \
+             WHERE ended_at IS NULL AND (last_seen <= $1 OR expires_at <= $2)",
+        )
+        .bind(now - dur(self.config.idle_timeout))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let role: String = r.try_get("role")?;
+            let p = Principal {
+                user_id: r.try_get("user_id")?,
+                session_id: r.try_get("session_id")?,
+                role: Role::parse(&role).unwrap_or(Role::Patient),
+                patient_id: r.try_get("patient_id")?,
+                mfa_verified: false,
+            };
+            let expires_at: OffsetDateTime = r.try_get("expires_at")?;
+            let end = if expires_at <= now { SessionEnd::AbsoluteTimeout } else { SessionEnd::IdleTimeout };
+            self.end_session(&p, end).await?;
+        }
+        Ok(rows.len())
+    }
+
+    /// Grant break-glass access to one patient for this session.
+    pub async fn grant_break_glass(
+        &self,
+        p: &Principal,
+        patient_id: Uuid,
+        reason: &str,
+    ) -> ApiResult<OffsetDateTime> {
+        let now = OffsetDateTime::now_utc();
+        let expires = now + dur(self.config.break_glass_duration);
+        sqlx::query(
+            "INSERT INTO auth_break_glass (session_id, patient_id, reason, granted_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (session_id, patient_id) DO UPDATE SET reason = EXCLUDED.reason, granted_at = EXCLUDED.granted_at, \
+             expires_at = EXCLUDED.expires_at",
+        )
+        .bind(p.session_id)
+        .bind(patient_id)
+        .bind(reason)
+        .bind(now)
+        .bind(expires)
+        .execute(&self.pool)
+        .await?;
+        Ok(expires)
+    }
+
+    /// The reason of a live break-glass grant of this session for this patient.
+    pub async fn break_glass_reason(&self, p: &Principal, patient_id: Uuid) -> ApiResult<Option<String>> {
+        let row = sqlx::query(
+            "SELECT reason FROM auth_break_glass WHERE session_id = $1 AND patient_id = $2 AND expires_at > $3",
+        )
+        .bind(p.session_id)
+        .bind(patient_id)
+        .bind(OffsetDateTime::now_utc())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get("reason")).transpose()?)
+    }
+}

@@ -1,0 +1,133 @@
+//! API errors: a stable code and a generic message, never record content. The code goes
+//! to the client in the GraphQL error's `extensions.code`; the message is fixed per code.
+
+use async_graphql::ErrorExtensions as _;
+use projections::RecordsError;
+
+/// Errors a client can tell apart by `extensions.code`. Deliberately not `Display`:
+/// async-graphql turns any `Display` error into a client message, and this type must
+/// reach the client only through its fixed message and code.
+#[derive(Clone, Debug)]
+pub enum ApiError {
+    Unauthenticated,
+    SessionExpired,
+    MfaRequired,
+    InvalidCredentials,
+    Locked,
+    Forbidden,
+    ConsentRequired,
+    NotFound,
+    InvalidInput {
+        code: &'static str,
+    },
+    Refused {
+        code: &'static str,
+    },
+    NotCaughtUp,
+    AuditUnavailable,
+    Internal {
+        code: &'static str,
+    },
+    /// An error async-graphql itself raised (bad cursor, limits), passed through.
+    Graphql(async_graphql::Error),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "auth.unauthenticated",
+            Self::SessionExpired => "auth.session_expired",
+            Self::MfaRequired => "auth.mfa_required",
+            Self::InvalidCredentials => "auth.invalid_credentials",
+            Self::Locked => "auth.locked",
+            Self::Forbidden => "authz.forbidden",
+            Self::ConsentRequired => "authz.consent_required",
+            Self::NotFound => "not_found",
+            Self::InvalidInput { code } | Self::Refused { code } | Self::Internal { code } => code,
+            Self::NotCaughtUp => "projection.timeout",
+            Self::AuditUnavailable => "audit.unavailable",
+            Self::Graphql(_) => "graphql.error",
+        }
+    }
+
+    /// The fixed message for the code: never a value from the request or the record.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "authentication required",
+            Self::SessionExpired => "the session has ended; log in again",
+            Self::MfaRequired => "a second factor is required",
+            Self::InvalidCredentials => "invalid credentials",
+            Self::Locked => "the account is locked; try again later",
+            Self::Forbidden => "not allowed",
+            Self::ConsentRequired => "the patient's consent does not cover this purpose of use",
+            Self::NotFound => "not found",
+            Self::InvalidInput { .. } => "invalid input",
+            Self::Refused { .. } => "the command was refused",
+            Self::NotCaughtUp => "the read models did not catch up in time",
+            Self::AuditUnavailable => "the access could not be recorded; nothing was returned",
+            Self::Internal { .. } => "internal error",
+            Self::Graphql(_) => "request error",
+        }
+    }
+
+    /// An internal failure: logged here (by code only), answered generically.
+    pub fn internal(code: &'static str, err: &dyn std::fmt::Display) -> Self {
+        // Errors from the store and the read models carry positions and codes, no PHI.
+        tracing::error!(code, error = %err, "internal error");
+        Self::Internal { code }
+    }
+}
+
+impl From<RecordsError> for ApiError {
+    fn from(e: RecordsError) -> Self {
+        match e {
+            RecordsError::Domain(d) => Self::Refused { code: d.code() },
+            RecordsError::Contention => Self::Refused { code: "records.contention" },
+            RecordsError::IdempotencyConflict => Self::Refused { code: "records.idempotency_conflict" },
+            RecordsError::Projection(p) if p.code() == "projection.timeout" => Self::NotCaughtUp,
+            other => Self::internal(other.code(), &other),
+        }
+    }
+}
+
+impl From<projections::ProjectionError> for ApiError {
+    fn from(e: projections::ProjectionError) -> Self {
+        if e.code() == "projection.timeout" {
+            return Self::NotCaughtUp;
+        }
+        Self::internal(e.code(), &e)
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        Self::internal(e.code(), &e)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        // A database error's detail can quote row values: log its SQLSTATE only.
+        let state = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+        tracing::error!(code = "db.error", sqlstate = state.as_deref().unwrap_or("-"), "database error");
+        Self::Internal { code: "db.error" }
+    }
+}
+
+impl From<async_graphql::Error> for ApiError {
+    fn from(e: async_graphql::Error) -> Self {
+        Self::Graphql(e)
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(e: ApiError) -> Self {
+        if let ApiError::Graphql(inner) = e {
+            return inner;
+        }
+        let code = e.code();
+        async_graphql::Error::new(e.message()).extend_with(|_, ext| ext.set("code", code))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

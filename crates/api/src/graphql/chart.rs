@@ -1,0 +1,272 @@
+//! The chart: clinical entries by section with their full version history, now or as
+//! the record stood at `asOf`; recording, amending and retracting entries.
+
+use async_graphql::{ComplexObject, Context, Object, SimpleObject};
+use domain::chart::{Chart, Entry as DEntry, EntryStatus, EntryVersion as DVersion};
+use domain::commands::Command;
+use domain::events::{EntryContent, EntryKind as DKind};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::ApiResult;
+
+use super::appointments::Appointment;
+use super::care::CareTeamMember;
+use super::consents::ConsentVersion;
+use super::patients::Patient;
+use super::types::{dt, from_json, now, to_json, ts, EntryKind, Written};
+use crate::access::{authorize, parts, wait_for};
+use crate::policy::Operation;
+
+/// One version of an entry: who wrote it, when, why, and what it said.
+#[derive(SimpleObject, Clone)]
+pub struct EntryVersion {
+    pub version: u32,
+    /// `recorded`, `amended` or `entered_in_error`.
+    pub change: String,
+    /// Why it was amended or retracted.
+    pub reason: Option<String>,
+    /// The entry's content as in `schema/events.md` (`EntryContent`).
+    pub content: serde_json::Value,
+    pub effective_at: OffsetDateTime,
+    pub recorded_at: OffsetDateTime,
+    pub author_id: Uuid,
+    pub author_role: String,
+    pub event_id: Uuid,
+    pub position: u64,
+}
+
+impl From<&DVersion> for EntryVersion {
+    fn from(v: &DVersion) -> Self {
+        Self {
+            version: v.version,
+            change: v.change.as_str().to_owned(),
+            reason: v.change.reason().map(str::to_owned),
+            content: to_json(&v.content),
+            effective_at: dt(v.effective_at),
+            recorded_at: dt(v.recorded_at),
+            author_id: v.author.user_id,
+            author_role: v.author.role.as_str().to_owned(),
+            event_id: v.event_id,
+            position: v.position,
+        }
+    }
+}
+
+/// A clinical entry: its current version and every earlier one.
+#[derive(SimpleObject, Clone)]
+pub struct Entry {
+    pub entry_id: Uuid,
+    pub kind: EntryKind,
+    /// `active` or `entered_in_error`.
+    pub status: String,
+    pub current: Option<EntryVersion>,
+    pub versions: Vec<EntryVersion>,
+}
+
+impl From<&DEntry> for Entry {
+    fn from(e: &DEntry) -> Self {
+        Self {
+            entry_id: e.entry_id,
+            kind: e.kind.into(),
+            status: e.status.as_str().to_owned(),
+            current: e.current().map(Into::into),
+            versions: e.versions.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A patient's chart. Sections other than the clinical entries are authorized (and
+/// audited) on their own, so a role sees exactly the sections it may.
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct ChartView {
+    pub patient_id: Uuid,
+    /// The stream revision the chart reflects.
+    pub revision: Option<u64>,
+    /// The time asked for, when this is a point-in-time view.
+    pub as_of: Option<OffsetDateTime>,
+    /// All entries (retracted ones included, with status `entered_in_error`).
+    pub entries: Vec<Entry>,
+    #[graphql(skip)]
+    pub chart: Chart,
+}
+
+fn section(chart: &Chart, kinds: &[DKind]) -> Vec<Entry> {
+    chart
+        .entries
+        .values()
+        .filter(|e| kinds.contains(&e.kind) && e.status == EntryStatus::Active)
+        .map(Into::into)
+        .collect()
+}
+
+impl ChartView {
+    fn op(&self, present: Operation) -> Operation {
+        if self.as_of.is_some() {
+            Operation::PointInTime
+        } else {
+            present
+        }
+    }
+}
+
+#[ComplexObject]
+impl ChartView {
+    /// Conditions (diagnoses), active entries only.
+    async fn problems(&self) -> Vec<Entry> {
+        section(&self.chart, &[DKind::Condition])
+    }
+    async fn medications(&self) -> Vec<Entry> {
+        section(&self.chart, &[DKind::Prescription])
+    }
+    async fn allergies(&self) -> Vec<Entry> {
+        section(&self.chart, &[DKind::Allergy])
+    }
+    /// Vital signs and other observations, and lab results.
+    async fn observations(&self) -> Vec<Entry> {
+        section(&self.chart, &[DKind::Observation, DKind::LabResult])
+    }
+    /// SOAP notes and assessments.
+    async fn notes(&self) -> Vec<Entry> {
+        section(&self.chart, &[DKind::SoapNote, DKind::Assessment])
+    }
+    async fn demographics(&self, ctx: &Context<'_>) -> ApiResult<Option<Patient>> {
+        authorize(ctx, self.op(Operation::ReadDemographics), Some(self.patient_id)).await?;
+        Ok(self.chart.demographics.as_ref().map(|d| Patient::from_domain(self.patient_id, d)))
+    }
+    async fn consents(&self, ctx: &Context<'_>) -> ApiResult<Vec<ConsentVersion>> {
+        authorize(ctx, self.op(Operation::ReadConsents), Some(self.patient_id)).await?;
+        Ok(self.chart.consent.versions.iter().map(Into::into).collect())
+    }
+    async fn care_team(&self, ctx: &Context<'_>) -> ApiResult<Vec<CareTeamMember>> {
+        authorize(ctx, self.op(Operation::ReadCareTeam), Some(self.patient_id)).await?;
+        Ok(self.chart.care_team.values().map(Into::into).collect())
+    }
+    async fn appointments(&self, ctx: &Context<'_>) -> ApiResult<Vec<Appointment>> {
+        authorize(ctx, self.op(Operation::ReadAppointments), Some(self.patient_id)).await?;
+        Ok(self.chart.appointments.values().map(Into::into).collect())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ChartQuery;
+
+#[Object]
+impl ChartQuery {
+    /// A patient's chart now, or as the record stood at `asOf` (auditors).
+    async fn chart(
+        &self,
+        ctx: &Context<'_>,
+        patient_id: Uuid,
+        as_of: Option<OffsetDateTime>,
+        min_position: Option<u64>,
+    ) -> ApiResult<Option<ChartView>> {
+        let (state, _) = parts(ctx)?;
+        let op = if as_of.is_some() { Operation::PointInTime } else { Operation::ReadClinical };
+        authorize(ctx, op, Some(patient_id)).await?;
+        wait_for(state, min_position).await?;
+        let chart = match as_of {
+            Some(t) => Some(projections::pit::chart_as_of(&state.store, patient_id, ts(t)).await?.chart),
+            None => state.read.chart(patient_id).await?,
+        };
+        Ok(chart.filter(|c| c.demographics.is_some()).map(|chart| ChartView {
+            patient_id,
+            revision: chart.revision,
+            as_of,
+            entries: chart.entries.values().map(Into::into).collect(),
+            chart,
+        }))
+    }
+
+    /// One entry with every version (named by its id or by one of its amendments' ids),
+    /// now or as of an earlier time.
+    async fn entry(
+        &self,
+        ctx: &Context<'_>,
+        patient_id: Uuid,
+        entry_id: Uuid,
+        as_of: Option<OffsetDateTime>,
+        min_position: Option<u64>,
+    ) -> ApiResult<Option<Entry>> {
+        let (state, _) = parts(ctx)?;
+        let op = if as_of.is_some() { Operation::PointInTime } else { Operation::ReadHistory };
+        authorize(ctx, op, Some(patient_id)).await?;
+        wait_for(state, min_position).await?;
+        let chart = match as_of {
+            Some(t) => projections::pit::chart_as_of(&state.store, patient_id, ts(t)).await?.chart,
+            None => match state.read.chart(patient_id).await? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+        };
+        let found = chart.entries.get(&entry_id).or_else(|| {
+            chart.entries.values().find(|e| {
+                e.versions.iter().any(|v| {
+                    matches!(&v.change, domain::chart::VersionChange::Amended { amendment_id, .. } if *amendment_id == entry_id)
+                })
+            })
+        });
+        Ok(found.map(Into::into))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ChartMutation;
+
+#[Object]
+impl ChartMutation {
+    /// Record a clinical entry. `content` is an `EntryContent` (schema/events.md).
+    async fn record_entry(
+        &self,
+        ctx: &Context<'_>,
+        patient_id: Uuid,
+        entry_id: Uuid,
+        content: serde_json::Value,
+        effective_at: Option<OffsetDateTime>,
+        event_id: Uuid,
+    ) -> ApiResult<Written> {
+        let (state, _) = parts(ctx)?;
+        let p = authorize(ctx, Operation::WriteClinical, Some(patient_id)).await?;
+        let content: EntryContent = from_json(content)?;
+        let effective_at = effective_at.map_or_else(now, ts);
+        let cmd = Command::RecordEntry { entry_id, content, effective_at };
+        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+    }
+
+    /// Amend an entry (the original or any amendment): new content and the reason.
+    #[allow(clippy::too_many_arguments)]
+    async fn amend_entry(
+        &self,
+        ctx: &Context<'_>,
+        patient_id: Uuid,
+        entry_id: Uuid,
+        amendment_id: Uuid,
+        content: serde_json::Value,
+        reason: String,
+        effective_at: Option<OffsetDateTime>,
+        event_id: Uuid,
+    ) -> ApiResult<Written> {
+        let (state, _) = parts(ctx)?;
+        let p = authorize(ctx, Operation::WriteClinical, Some(patient_id)).await?;
+        let content: EntryContent = from_json(content)?;
+        let effective_at = effective_at.map_or_else(now, ts);
+        let cmd = Command::AmendEntry { amendment_id, entry_id, content, reason, effective_at };
+        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+    }
+
+    /// Retract an entry as entered in error; it stays in the history.
+    async fn mark_entered_in_error(
+        &self,
+        ctx: &Context<'_>,
+        patient_id: Uuid,
+        entry_id: Uuid,
+        reason: String,
+        event_id: Uuid,
+    ) -> ApiResult<Written> {
+        let (state, _) = parts(ctx)?;
+        let p = authorize(ctx, Operation::WriteClinical, Some(patient_id)).await?;
+        let cmd = Command::MarkEnteredInError { entry_id, reason };
+        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+    }
+}

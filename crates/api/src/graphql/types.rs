@@ -1,0 +1,171 @@
+//! Types shared by the schema modules: times, enums mirrored from the domain, and the
+//! result of a write.
+
+use async_graphql::{Enum, SimpleObject};
+use ledger::Timestamp;
+use projections::Executed;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+pub fn dt(t: Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+pub fn ts(t: OffsetDateTime) -> Timestamp {
+    Timestamp::from_micros(i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX))
+}
+
+pub fn now() -> Timestamp {
+    ts(OffsetDateTime::now_utc())
+}
+
+/// A JSON value from the client into a domain type; the error names the field only
+/// (serde's message could quote the value).
+pub fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|_| ApiError::InvalidInput { code: "input.malformed" })
+}
+
+pub fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// What a mutation wrote: the new event and its global position (pass it as
+/// `minPosition` to read your own write).
+#[derive(SimpleObject, Clone, Debug)]
+pub struct Written {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub position: u64,
+    pub revision: u64,
+    /// True when this was a retry of an event already stored (nothing new was written).
+    pub replayed: bool,
+}
+
+impl From<Executed> for Written {
+    fn from(e: Executed) -> Self {
+        Self {
+            event_id: e.event_id,
+            event_type: e.event_type.to_owned(),
+            position: e.position,
+            revision: e.revision,
+            replayed: e.idempotent_replay,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::Role")]
+pub enum Role {
+    Physician,
+    Nurse,
+    Receptionist,
+    Administrator,
+    Auditor,
+    Legal,
+    Patient,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::Purpose")]
+pub enum ConsentPurpose {
+    Treatment,
+    Insurance,
+    Research,
+    Marketing,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::PurposeOfUse")]
+pub enum PurposeOfUse {
+    Treatment,
+    Payment,
+    Operations,
+    Emergency,
+    PatientRequest,
+    Legal,
+    Audit,
+    Research,
+    Marketing,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::EntryKind")]
+pub enum EntryKind {
+    SoapNote,
+    Prescription,
+    LabResult,
+    Observation,
+    Assessment,
+    Condition,
+    Allergy,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::Sex")]
+pub enum Sex {
+    Female,
+    Male,
+    Other,
+    Unknown,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::CareRole")]
+pub enum CareRole {
+    PrimaryCare,
+    Attending,
+    Consultant,
+    Nurse,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::VisitType")]
+pub enum VisitType {
+    FirstVisit,
+    FollowUp,
+    Procedure,
+    Telehealth,
+    LabDraw,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::CancelledBy")]
+pub enum CancelledBy {
+    Patient,
+    Clinic,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::ConsentMethod")]
+pub enum ConsentMethod {
+    Written,
+    Electronic,
+    Verbal,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::ResourceKind")]
+pub enum ResourceKind {
+    Demographics,
+    ClinicalEntries,
+    Consents,
+    CareTeam,
+    Appointments,
+    AccessLog,
+    History,
+    Proof,
+    Export,
+}
+
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(remote = "domain::events::AccessAction")]
+pub enum AccessAction {
+    View,
+    Create,
+    Update,
+    Export,
+    Print,
+}

@@ -1,0 +1,168 @@
+//! The HTTP surface: `POST /graphql` (bearer token in the `Authorization` header, never
+//! in the URL), GraphiQL at `/`, `/healthz`, `/readyz`, `/metrics`. Request bodies and
+//! times are limited; security headers on every response.
+//!
+//! The access events a request collected are written before its response is returned:
+//! if that write fails, the client gets `audit.unavailable` and no data (fail closed).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use domain::events::PurposeOfUse;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::access::{AccessCollector, RequestCtx};
+use crate::auth::ClientInfo;
+use crate::error::ApiError;
+use crate::graphql::{self, ApiSchema};
+use crate::AppState;
+
+#[derive(Clone)]
+struct Http {
+    state: AppState,
+    schema: ApiSchema,
+}
+
+/// The application's router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(state: AppState, tls: bool) -> Router {
+    let schema = graphql::schema(Some(state.clone()));
+    let config = state.config.clone();
+    let mut app = Router::new()
+        .route("/graphql", get(graphiql_or_405).post(graphql_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    if config.graphiql {
+        app = app.route("/", get(graphiql));
+    }
+    let mut app = app
+        .with_state(Http { state, schema })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")));
+    if tls {
+        app = app.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        ));
+    }
+    app
+}
+
+async fn graphiql() -> Html<String> {
+    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+}
+
+async fn graphiql_or_405() -> Response {
+    // Queries in a URL would put PHI in URLs (and proxy logs): GET is not served.
+    (StatusCode::METHOD_NOT_ALLOWED, "use POST").into_response()
+}
+
+async fn readyz(State(h): State<Http>) -> Response {
+    match sqlx::query("SELECT 1").execute(h.state.store.pool()).await {
+        Ok(_) => "ready".into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
+    }
+}
+
+async fn metrics(State(h): State<Http>) -> Response {
+    if let Ok(lag) = h.state.projections.lag().await {
+        h.state.metrics.projection_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.state.metrics.render()).into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn client_info(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> ClientInfo {
+    let forwarded = state
+        .config
+        .trust_forwarded_for
+        .then(|| header_str(headers, "x-forwarded-for"))
+        .flatten()
+        .and_then(|v| v.split(',').next())
+        .map(|s| clean(s, 64))
+        .filter(|s| !s.is_empty());
+    ClientInfo {
+        addr: Some(forwarded.unwrap_or_else(|| peer.ip().to_string())),
+        // Whatever a client sends here must not be able to make the audit write fail.
+        user_agent: header_str(headers, "user-agent").map(|s| clean(s, 512)).filter(|s| !s.is_empty()),
+    }
+}
+
+/// Printable characters only, trimmed, at most `max` of them.
+fn clean(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect::<String>().trim().to_owned()
+}
+
+async fn graphql_handler(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    req: GraphQLRequest,
+) -> Response {
+    let started = Instant::now();
+    let state = &h.state;
+    let principal = match header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(token) => state.auth.authenticate(token.trim()).await,
+        None => Err(ApiError::Unauthenticated),
+    };
+    let declared_purpose = match header_str(&headers, "x-purpose-of-use") {
+        None => None,
+        Some(v) => match serde_json::from_value::<PurposeOfUse>(serde_json::Value::String(v.to_owned())) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return error_response(state, started, ApiError::InvalidInput { code: "request.bad_purpose" })
+            }
+        },
+    };
+    let ctx = std::sync::Arc::new(RequestCtx {
+        principal,
+        client: client_info(state, &headers, peer),
+        declared_purpose,
+        collector: AccessCollector::default(),
+    });
+    let response = h.schema.execute(req.into_inner().data(ctx.clone())).await;
+    match ctx.collector.flush(state, &ctx).await {
+        Ok(n) => state.metrics.access_events(true, n),
+        Err(e) => {
+            state.metrics.access_events(false, 1);
+            return error_response(state, started, e);
+        }
+    }
+    let outcome = if response.errors.is_empty() { "ok" } else { "error" };
+    state.metrics.request(outcome, started.elapsed().as_secs_f64());
+    GraphQLResponse::from(response).into_response()
+}
+
+fn error_response(state: &AppState, started: Instant, e: ApiError) -> Response {
+    state.metrics.request(e.code(), started.elapsed().as_secs_f64());
+    let err: async_graphql::Error = e.into();
+    let resp =
+        async_graphql::Response::from_errors(vec![err.into_server_error(async_graphql::Pos::default())]);
+    GraphQLResponse::from(resp).into_response()
+}

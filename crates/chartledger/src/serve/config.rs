@@ -1,0 +1,84 @@
+//! `chartledger serve` settings: a TOML file, then `CHARTLEDGER_*` environment variables.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use api::ApiConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded PostgreSQL cluster and the key file live.
+    pub data_dir: PathBuf,
+    /// The ledger signing key (a C2SP note key file); created on first start.
+    pub key_file: Option<PathBuf>,
+    /// The checkpoint origin line and key name.
+    pub origin: String,
+    /// The bootstrap administrator's user name.
+    pub bootstrap_admin: String,
+    /// Log as JSON lines (for log shippers) instead of text.
+    pub json_logs: bool,
+    pub api: ApiConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("chartledger-data"),
+            key_file: None,
+            origin: "chartledger.local/ledger".into(),
+            bootstrap_admin: "admin".into(),
+            json_logs: false,
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut s = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid configuration in {}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("CHARTLEDGER_DATA_DIR") {
+            s.data_dir = v.into();
+        }
+        if let Some(v) = var("CHARTLEDGER_KEY_FILE") {
+            s.key_file = Some(v.into());
+        }
+        if let Some(v) = var("CHARTLEDGER_ORIGIN") {
+            s.origin = v;
+        }
+        if let Some(v) = var("CHARTLEDGER_LISTEN") {
+            s.api.listen = v.parse().context("CHARTLEDGER_LISTEN must be an address like 127.0.0.1:8080")?;
+        }
+        if let Some(v) = var("CHARTLEDGER_TLS_CERT") {
+            s.api.tls_cert = Some(v.into());
+        }
+        if let Some(v) = var("CHARTLEDGER_TLS_KEY") {
+            s.api.tls_key = Some(v.into());
+        }
+        if let Some(v) = var("CHARTLEDGER_IDLE_TIMEOUT_SECS") {
+            s.api.idle_timeout =
+                std::time::Duration::from_secs(v.parse().context("CHARTLEDGER_IDLE_TIMEOUT_SECS")?);
+        }
+        if let Some(v) = var("CHARTLEDGER_JSON_LOGS") {
+            s.json_logs = v == "1" || v == "true";
+        }
+        if s.api.tls_cert.is_some() != s.api.tls_key.is_some() {
+            anyhow::bail!("give both tls_cert and tls_key, or neither");
+        }
+        Ok(s)
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| self.data_dir.join("ledger.key"))
+    }
+}
