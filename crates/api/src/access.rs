@@ -158,6 +158,15 @@ pub async fn authorize<'a>(
     Ok(p)
 }
 
+/// Decide again, outside a request (a subscription's next notification): the session
+/// must still be live (not logged out, idle or expired; this does not count as
+/// activity) and the operation still allowed.
+pub async fn recheck(state: &AppState, req: &RequestCtx, op: Operation, patient: Uuid) -> ApiResult<()> {
+    let p = req.principal()?;
+    state.auth.check_live(p).await?;
+    check(state, req, p, op, Some(patient)).await.map(|_| ())
+}
+
 /// Whether the principal may see `patient` in a list (search results): the same rule,
 /// without recording a refusal for each patient left out.
 pub async fn may_list(state: &AppState, req: &RequestCtx, p: &Principal, patient: Uuid) -> ApiResult<bool> {

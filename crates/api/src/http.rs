@@ -8,8 +8,10 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
+use async_graphql::Data;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -38,6 +40,7 @@ pub fn router(state: AppState, tls: bool) -> Router {
     let config = state.config.clone();
     let mut app = Router::new()
         .route("/graphql", get(graphiql_or_405).post(graphql_handler))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -72,7 +75,7 @@ pub fn router(state: AppState, tls: bool) -> Router {
 }
 
 async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").finish())
 }
 
 async fn graphiql_or_405() -> Response {
@@ -157,6 +160,46 @@ async fn graphql_handler(
     let outcome = if response.errors.is_empty() { "ok" } else { "error" };
     state.metrics.request(outcome, started.elapsed().as_secs_f64());
     GraphQLResponse::from(response).into_response()
+}
+
+/// Subscriptions. The bearer token comes in the `connection_init` payload
+/// (`{"authorization": "Bearer …"}`), never in the URL; a connection without a valid
+/// session is refused.
+async fn graphql_ws(
+    State(h): State<Http>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let state = h.state.clone();
+    let client = client_info(&state, &headers, peer);
+    let declared_purpose = header_str(&headers, "x-purpose-of-use")
+        .and_then(|v| serde_json::from_value::<PurposeOfUse>(serde_json::Value::String(v.to_owned())).ok());
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        GraphQLWebSocket::new(socket, h.schema.clone(), protocol)
+            .on_connection_init(move |payload| async move {
+                let token = payload
+                    .get("authorization")
+                    .and_then(|v| v.as_str())
+                    .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned());
+                let principal = match token {
+                    Some(t) => state.auth.authenticate(&t).await,
+                    None => Err(ApiError::Unauthenticated),
+                };
+                let principal = principal.map_err(async_graphql::Error::from)?;
+                let ctx = RequestCtx {
+                    principal: Ok(principal),
+                    client,
+                    declared_purpose,
+                    collector: AccessCollector::default(),
+                };
+                let mut data = Data::default();
+                data.insert(std::sync::Arc::new(ctx));
+                Ok(data)
+            })
+            .serve()
+    })
 }
 
 fn error_response(state: &AppState, started: Instant, e: ApiError) -> Response {

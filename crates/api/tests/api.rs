@@ -754,3 +754,113 @@ fn the_committed_sdl_matches_the_code() {
         "schema/chartledger.graphql is out of date: run the test with CHARTLEDGER_BLESS=1 and commit it"
     );
 }
+
+// ------------------------------------------------------------------ subscriptions
+
+mod ws {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    use super::*;
+
+    pub type Socket =
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    /// Open a graphql-transport-ws connection with `token` in the init payload.
+    pub async fn connect(s: &Server, token: Option<&str>) -> (Socket, Value) {
+        let mut req =
+            format!("{}/graphql/ws", s.url.replace("http://", "ws://")).into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+        let (mut socket, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let payload = token.map_or(json!({}), |t| json!({"authorization": format!("Bearer {t}")}));
+        socket
+            .send(Message::text(json!({"type": "connection_init", "payload": payload}).to_string()))
+            .await
+            .unwrap();
+        let first = next(&mut socket).await;
+        (socket, first)
+    }
+
+    pub async fn next(socket: &mut Socket) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("a message in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(Message::Close(frame))) => {
+                    return json!({"type": "closed", "frame": frame.map(|f| f.reason.to_string())})
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return json!({"type": "error", "error": e.to_string()}),
+                None => return json!({"type": "closed"}),
+            }
+        }
+    }
+
+    pub async fn subscribe(socket: &mut Socket, patient: Uuid) {
+        let msg = json!({"id": "1", "type": "subscribe", "payload": {
+            "query": "subscription($p: UUID!) { chartUpdates(patientId: $p) { patientId position eventType } }",
+            "variables": {"p": patient}}});
+        socket.send(Message::text(msg.to_string())).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
+    let s = server(|_, _| {}).await;
+    let (_, rtok) = s.user("desk.ws", "RECEPTIONIST", None).await;
+    let (doc, dtok) = s.user("dr.ws", "PHYSICIAN", None).await;
+    let (p, _) = s.register(&rtok, "Socketfamily").await;
+    s.wait(s.assign(p, doc).await).await;
+    // No session, no connection.
+    let (_, first) = ws::connect(&s, None).await;
+    assert_ne!(first["type"], "connection_ack", "{first}");
+    // A receptionist may not follow clinical changes: the subscription is refused.
+    let (mut rsock, ack) = ws::connect(&s, Some(&rtok)).await;
+    assert_eq!(ack["type"], "connection_ack");
+    ws::subscribe(&mut rsock, p).await;
+    let refused = ws::next(&mut rsock).await;
+    let code =
+        if refused["type"] == "error" { &refused["payload"][0] } else { &refused["payload"]["errors"][0] };
+    assert_eq!(code["extensions"]["code"], "authz.forbidden", "{refused}");
+    assert!(refused["payload"]["data"].is_null());
+    // The physician on the care team gets a notification per change, without content.
+    let (mut sock, ack) = ws::connect(&s, Some(&dtok)).await;
+    assert_eq!(ack["type"], "connection_ack");
+    ws::subscribe(&mut sock, p).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
+    let r = s
+        .gql(
+            Some(&dtok),
+            rec,
+            json!({"p": p, "i": Uuid::now_v7(), "c": soap("Socketsecret note"), "e": Uuid::now_v7()}),
+        )
+        .await;
+    let pos = r.data()["recordEntry"]["position"].as_u64().unwrap();
+    let update = ws::next(&mut sock).await;
+    assert_eq!(update["type"], "next", "{update}");
+    let data = &update["payload"]["data"]["chartUpdates"];
+    assert_eq!(data["eventType"], "entry.recorded");
+    assert_eq!(data["position"].as_u64().unwrap(), pos);
+    assert!(!update.to_string().contains("Socketsecret"));
+    // Subscribing was an audited access.
+    let log = s.access_log(p).await;
+    assert!(log
+        .iter()
+        .any(|a| a.user_id == doc && a.resources.contains(&domain::events::ResourceKind::ClinicalEntries)));
+    // Logging out ends the stream at the next change.
+    s.gql(Some(&dtok), "mutation { logout }", json!({})).await.data();
+    let r = s.gql(Some(&rtok), "mutation($p: UUID!, $e: UUID!) { updateDemographics(patientId: $p, input: {sex: OTHER}, eventId: $e) { position } }",
+        json!({"p": p, "e": Uuid::now_v7()})).await;
+    r.data();
+    let ended = ws::next(&mut sock).await;
+    assert!(
+        ended["type"] == "next"
+            && ended["payload"]["errors"][0]["extensions"]["code"] == "auth.session_expired"
+            || ended["type"] == "error",
+        "{ended}"
+    );
+}

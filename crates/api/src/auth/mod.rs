@@ -380,6 +380,30 @@ impl Auth {
         Ok(p)
     }
 
+    /// Whether a session is still live, without counting as activity; ends it (and
+    /// records why) when it has idled out or expired.
+    pub async fn check_live(&self, p: &Principal) -> ApiResult<()> {
+        let row =
+            sqlx::query("SELECT last_seen, expires_at, ended_at FROM auth_sessions WHERE session_id = $1")
+                .bind(p.session_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Err(ApiError::SessionExpired) };
+        if row.try_get::<Option<OffsetDateTime>, _>("ended_at")?.is_some() {
+            return Err(ApiError::SessionExpired);
+        }
+        let now = OffsetDateTime::now_utc();
+        if now >= row.try_get::<OffsetDateTime, _>("expires_at")? {
+            self.end_session(p, SessionEnd::AbsoluteTimeout).await?;
+            return Err(ApiError::SessionExpired);
+        }
+        if now - row.try_get::<OffsetDateTime, _>("last_seen")? >= dur(self.config.idle_timeout) {
+            self.end_session(p, SessionEnd::IdleTimeout).await?;
+            return Err(ApiError::SessionExpired);
+        }
+        Ok(())
+    }
+
     /// End a session once (the first caller records the event).
     pub async fn end_session(&self, p: &Principal, end: SessionEnd) -> ApiResult<()> {
         let reason = match end {

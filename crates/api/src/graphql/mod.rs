@@ -11,8 +11,9 @@ mod consents;
 mod patients;
 mod staff;
 pub mod types;
+mod updates;
 
-use async_graphql::{EmptySubscription, MergedObject, Schema};
+use async_graphql::{MergedObject, Schema};
 
 use crate::AppState;
 
@@ -39,13 +40,13 @@ pub struct MutationRoot(
     staff::StaffMutation,
 );
 
-pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, updates::SubscriptionRoot>;
 
 /// The schema with the server's limits. `state` is `None` only for printing the SDL.
 pub fn schema(state: Option<AppState>) -> ApiSchema {
     let (depth, complexity) =
         state.as_ref().map_or((12, 2000), |s| (s.config.max_depth, s.config.max_complexity));
-    let mut b = Schema::build(QueryRoot::default(), MutationRoot::default(), EmptySubscription)
+    let mut b = Schema::build(QueryRoot::default(), MutationRoot::default(), updates::SubscriptionRoot)
         .limit_depth(depth)
         .limit_complexity(complexity)
         .limit_recursive_depth(32)
