@@ -174,7 +174,8 @@ impl Records {
             | DomainEvent::LoginFailed(_)
             | DomainEvent::MfaEnrolled(_)
             | DomainEvent::SessionEnded(_)
-            | DomainEvent::MfaChallenged(_) => streams::security(),
+            | DomainEvent::MfaChallenged(_)
+            | DomainEvent::PasswordChanged(_) => streams::security(),
             DomainEvent::AccessDenied(d) => {
                 d.validate()?;
                 streams::security()

@@ -32,10 +32,20 @@ impl RequestCtx {
     /// The authenticated principal, with its second factor done.
     pub fn principal(&self) -> ApiResult<&Principal> {
         match &self.principal {
-            Ok(p) if p.mfa_verified => Ok(p),
-            Ok(_) => Err(ApiError::MfaRequired),
+            Ok(p) if !p.mfa_verified => Err(ApiError::MfaRequired),
+            Ok(p) if p.must_change_password => Err(ApiError::PasswordChangeRequired),
+            Ok(p) => Ok(p),
             Err(ApiError::SessionExpired) => Err(ApiError::SessionExpired),
             Err(_) => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    /// The authenticated principal with its second factor done, password change
+    /// pending or not (for `changePassword`).
+    pub fn verified(&self) -> ApiResult<&Principal> {
+        match self.session()? {
+            p if !p.mfa_verified => Err(ApiError::MfaRequired),
+            p => Ok(p),
         }
     }
 

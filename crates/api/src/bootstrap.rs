@@ -27,9 +27,9 @@ pub fn random_password() -> String {
 }
 
 /// Create the administrator `username` when no account exists yet. Returns the
-/// credentials (to be shown once) or `None` when accounts already exist. The password
-/// must be changed... by creating real accounts: this one should be deactivated once
-/// the clinic's administrators exist.
+/// credentials (to be shown once) or `None` when accounts already exist. The first
+/// login must enrol a second factor and replace the password; the account should be
+/// deactivated once the clinic's own administrators exist.
 pub async fn ensure_admin(
     state: &AppState,
     username: &str,

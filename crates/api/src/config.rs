@@ -19,7 +19,8 @@ pub struct ApiConfig {
     /// A session ends this long after login, active or not.
     #[serde(with = "secs")]
     pub absolute_timeout: Duration,
-    /// Roles that must pass a second factor (TOTP) before any other operation.
+    /// Roles that must pass a second factor (TOTP) before any other operation: by
+    /// default every role (administrators see access logs, patients their record).
     pub mfa_required_roles: BTreeSet<Role>,
     /// Failed logins in a row before the account locks...
     pub lockout_threshold: u32,
@@ -54,15 +55,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             idle_timeout: Duration::from_secs(15 * 60),
             absolute_timeout: Duration::from_secs(12 * 3600),
-            mfa_required_roles: [
-                Role::Physician,
-                Role::Nurse,
-                Role::Receptionist,
-                Role::Auditor,
-                Role::Legal,
-            ]
-            .into_iter()
-            .collect(),
+            mfa_required_roles: Role::ALL.into_iter().collect(),
             lockout_threshold: 5,
             lockout_duration: Duration::from_secs(15 * 60),
             break_glass_duration: Duration::from_secs(3600),

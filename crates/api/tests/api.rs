@@ -60,6 +60,8 @@ struct Server {
 
 const ADMIN_PASSWORD: &str = "bootstrap admin password";
 const PASSWORD: &str = "a long enough password";
+/// What an administrator sets; replaced at first login.
+const INITIAL: &str = "initial password from the admin";
 
 async fn server(tune: impl FnOnce(&mut ApiConfig, &mut StoreConfig)) -> Server {
     logs();
@@ -87,9 +89,7 @@ async fn server(tune: impl FnOnce(&mut ApiConfig, &mut StoreConfig)) -> Server {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = reqwest::Client::builder().user_agent("api-tests/1").build().unwrap();
     let mut s = Server { db, state, url: format!("http://{addr}"), http, admin: String::new() };
-    let r = s.gql(None, LOGIN, json!({"u": "admin", "p": ADMIN_PASSWORD, "r": null})).await;
-    s.admin = r.data()["login"]["token"].as_str().unwrap().to_owned();
-    assert_eq!(r.data()["login"]["mfaRequired"], json!(false));
+    s.admin = s.login_with("admin", ADMIN_PASSWORD).await;
     s
 }
 
@@ -110,7 +110,7 @@ impl Resp {
     }
 }
 
-const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Role) { login(username: $u, password: $p, role: $r) { token mfaRequired mfaEnrolled userId } }";
+const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Role) { login(username: $u, password: $p, role: $r) { token mfaRequired mfaEnrolled passwordChangeRequired userId } }";
 
 impl Server {
     async fn gql_with(&self, token: Option<&str>, purpose: Option<&str>, query: &str, vars: Value) -> Resp {
@@ -140,16 +140,22 @@ impl Server {
                 Some(&self.admin),
                 "mutation($id: UUID!, $u: String!, $r: [Role!]!, $p: UUID, $pw: String!, $e: UUID!) { \
                  createUser(userId: $id, username: $u, displayName: \"Test user\", roles: $r, patientId: $p, initialPassword: $pw, eventId: $e) { position } }",
-                json!({"id": id, "u": name, "r": [role], "p": patient, "pw": PASSWORD, "e": Uuid::now_v7()}),
+                json!({"id": id, "u": name, "r": [role], "p": patient, "pw": INITIAL, "e": Uuid::now_v7()}),
             )
             .await;
         r.data();
-        (id, self.login(name, 0).await)
+        (id, self.login_with(name, INITIAL).await)
     }
 
-    /// Log in; `nth` picks a distinct TOTP step for repeated logins of one user.
-    async fn login(&self, name: &str, nth: u64) -> String {
-        let r = self.gql(None, LOGIN, json!({"u": name, "p": PASSWORD, "r": null})).await;
+    /// Log in again (after the first login changed the password).
+    async fn login(&self, name: &str, _nth: u64) -> String {
+        self.login_with(name, PASSWORD).await
+    }
+
+    /// Log in, completing the second factor (enrolling it the first time) and replacing
+    /// a password someone else set with `PASSWORD`.
+    async fn login_with(&self, name: &str, password: &str) -> String {
+        let r = self.gql(None, LOGIN, json!({"u": name, "p": password, "r": null})).await;
         let token = r.data()["login"]["token"].as_str().unwrap().to_owned();
         if r.data()["login"]["mfaRequired"] == json!(true) {
             // Nothing but the second factor works yet.
@@ -159,18 +165,27 @@ impl Server {
                 let e =
                     self.gql(Some(&token), "mutation { enrollMfa { secret otpauthUrl } }", json!({})).await;
                 let b32 = e.data()["enrollMfa"]["secret"].as_str().unwrap().to_owned();
-                self.secrets().lock().unwrap().push((name.to_owned(), b32.clone()));
+                self.secrets().lock().unwrap().push((self.key(name), b32.clone()));
                 b32
             } else {
-                self.secrets().lock().unwrap().iter().find(|(n, _)| n == name).unwrap().1.clone()
+                self.secrets().lock().unwrap().iter().find(|(n, _)| *n == self.key(name)).unwrap().1.clone()
             };
             let raw = totp_rs::Secret::Encoded(secret).to_bytes().unwrap();
-            let _ = nth;
             let code = self.next_code(name, &raw).await;
             let v = self
                 .gql(Some(&token), "mutation($c: String!) { verifyMfa(code: $c) }", json!({"c": code}))
                 .await;
             assert_eq!(v.data()["verifyMfa"], json!(true));
+        }
+        if r.data()["login"]["passwordChangeRequired"] == json!(true) {
+            let blocked = self.gql(Some(&token), "{ myPatients }", json!({})).await;
+            assert_eq!(blocked.err(), "auth.password_change_required");
+            let change =
+                "mutation($o: String!, $n: String!) { changePassword(oldPassword: $o, newPassword: $n) }";
+            let same = self.gql(Some(&token), change, json!({"o": password, "n": password})).await;
+            assert_eq!(same.err(), "auth.weak_password");
+            let c = self.gql(Some(&token), change, json!({"o": password, "n": PASSWORD})).await;
+            assert_eq!(c.data()["changePassword"], json!(true));
         }
         token
     }
@@ -183,13 +198,19 @@ impl Server {
         loop {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
             let current = now / 30;
-            let step = used.lock().unwrap().get(name).map_or(current, |last| (last + 1).max(current));
+            let step =
+                used.lock().unwrap().get(&self.key(name)).map_or(current, |last| (last + 1).max(current));
             if step <= current + 1 {
-                used.lock().unwrap().insert(name.to_owned(), step);
+                used.lock().unwrap().insert(self.key(name), step);
                 return api::auth::totp::code_at(secret, step * 30);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// A user of this server (each test has its own server and database).
+    fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.url)
     }
 
     fn secrets(&self) -> &'static Mutex<Vec<(String, String)>> {
@@ -528,8 +549,7 @@ async fn automatic_logoff_lockout_logout_and_mfa() {
     let unknown = json!({"u": "nobody.here", "p": PASSWORD, "r": null});
     assert_eq!(s.gql(None, LOGIN, unknown).await.err(), "auth.invalid_credentials");
     // Every step is in the security stream (the administrator's own session has idled out).
-    let admin = s.gql(None, LOGIN, json!({"u": "admin", "p": ADMIN_PASSWORD, "r": null})).await;
-    let admin = admin.data()["login"]["token"].as_str().unwrap().to_owned();
+    let admin = s.login("admin", 0).await;
     let ev = s.gql(Some(&admin), "{ securityEvents(first: 500) { eventType payload } }", json!({})).await;
     let ev = ev.data()["securityEvents"].as_array().unwrap().clone();
     let has =
@@ -543,6 +563,7 @@ async fn automatic_logoff_lockout_logout_and_mfa() {
     assert!(has("security.mfa_challenged", &|_| true));
     assert!(has("security.mfa_enrolled", &|_| true));
     assert!(has("security.login_succeeded", &|p| p["mfa"] == json!(true)));
+    assert!(has("security.password_changed", &|_| true));
 }
 
 // ------------------------------------------------------------------ fail closed, no PHI

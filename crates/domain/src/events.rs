@@ -614,6 +614,12 @@ pub struct MfaChallenged {
     pub session_id: Uuid,
 }
 
+/// `security.password_changed` v1: the user replaced their password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChanged {
+    pub user_id: Uuid,
+}
+
 /// `security.access_denied` v1: an authenticated request was refused by the access
 /// policy (role, care team, consent). `operation` and `reason` are stable codes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -724,6 +730,7 @@ catalog! {
     SessionEnded(SessionEnded) = "security.session_ended" v 1,
     MfaChallenged(MfaChallenged) = "security.mfa_challenged" v 1,
     AccessDenied(AccessDenied) = "security.access_denied" v 1,
+    PasswordChanged(PasswordChanged) = "security.password_changed" v 1,
     UserCreated(UserCreated) = "staff.user_created" v 1,
     RoleGranted(RoleChanged) = "staff.role_granted" v 1,
     RoleRevoked(RoleChanged) = "staff.role_revoked" v 1,

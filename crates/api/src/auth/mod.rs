@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use domain::events::{
-    DomainEvent, LoginFailed, LoginFailure, LoginSucceeded, MfaChallenged, MfaEnrolled, Role, SessionEnd,
-    SessionEnded,
+    DomainEvent, LoginFailed, LoginFailure, LoginSucceeded, MfaChallenged, MfaEnrolled, PasswordChanged,
+    Role, SessionEnd, SessionEnded,
 };
 use ledger::Actor;
 use projections::{ReadModels, Records};
@@ -35,6 +35,9 @@ pub struct Principal {
     pub patient_id: Option<Uuid>,
     /// False while a required second factor is still pending.
     pub mfa_verified: bool,
+    /// True until the user replaces a password someone else set (an initial or reset
+    /// password): only `changePassword`, `logout` and `me` work until then.
+    pub must_change_password: bool,
 }
 
 impl Principal {
@@ -140,7 +143,7 @@ impl Auth {
     ) -> ApiResult<LoginOutcome> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(
-            "SELECT user_id, password_hash, mfa_enrolled, locked_until FROM auth_credentials WHERE username = $1",
+            "SELECT user_id, password_hash, mfa_enrolled, locked_until, must_change_password FROM auth_credentials WHERE username = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
@@ -196,6 +199,7 @@ impl Auth {
             role,
             patient_id: if role == Role::Patient { user.patient_id } else { None },
             mfa_verified: !mfa_pending,
+            must_change_password: row.try_get("must_change_password")?,
         };
         if role == Role::Patient && principal.patient_id.is_none() {
             return Err(ApiError::InvalidCredentials);
@@ -258,6 +262,44 @@ impl Auth {
         .await?;
         let n: i32 = row.try_get("failed_attempts")?;
         Ok(u32::try_from(n).unwrap_or(0) >= self.config.lockout_threshold)
+    }
+
+    /// Replace one's own password: the current one is required (a wrong one counts
+    /// towards lock-out and is recorded like a failed login), the new one must be
+    /// acceptable and different.
+    pub async fn change_password(
+        &self,
+        p: &Principal,
+        old: &str,
+        new: &str,
+        client: &ClientInfo,
+    ) -> ApiResult<()> {
+        if !password::acceptable(new) || old == new {
+            return Err(ApiError::InvalidInput { code: "auth.weak_password" });
+        }
+        let row = sqlx::query("SELECT username, password_hash FROM auth_credentials WHERE user_id = $1")
+            .bind(p.user_id)
+            .fetch_one(&self.pool)
+            .await?;
+        let phc: String = row.try_get("password_hash")?;
+        let ok = {
+            let (pw, phc) = (old.to_owned(), phc);
+            tokio::task::spawn_blocking(move || password::verify(&pw, &phc))
+                .await
+                .map_err(|e| ApiError::internal("auth.hash", &e))?
+        };
+        if !ok {
+            let locked = self.count_failure(p.user_id).await?;
+            self.failed(Some(p.user_id), LoginFailure::BadPassword, client).await?;
+            if locked {
+                self.end_session(p, SessionEnd::Revoked).await?;
+                return Err(ApiError::Locked);
+            }
+            return Err(ApiError::InvalidCredentials);
+        }
+        let username: String = row.try_get("username")?;
+        self.set_credentials(p.user_id, &username, new, false).await?;
+        self.security(p.actor(), DomainEvent::PasswordChanged(PasswordChanged { user_id: p.user_id })).await
     }
 
     /// Start TOTP enrolment for a user who has none: a new secret, returned once.
@@ -341,8 +383,8 @@ impl Auth {
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(
-            "SELECT session_id, user_id, role, patient_id, mfa_verified, last_seen, expires_at, ended_at \
-             FROM auth_sessions WHERE token_hash = $1",
+            "SELECT s.session_id, s.user_id, s.role, s.patient_id, s.mfa_verified, s.last_seen, s.expires_at, s.ended_at, \
+             c.must_change_password FROM auth_sessions s JOIN auth_credentials c USING (user_id) WHERE s.token_hash = $1",
         )
         .bind(token_hash(token))
         .fetch_optional(&self.pool)
@@ -355,6 +397,7 @@ impl Auth {
             role: Role::parse(&role).ok_or(ApiError::Unauthenticated)?,
             patient_id: row.try_get("patient_id")?,
             mfa_verified: row.try_get("mfa_verified")?,
+            must_change_password: row.try_get("must_change_password")?,
         };
         if row.try_get::<Option<OffsetDateTime>, _>("ended_at")?.is_some() {
             return Err(ApiError::SessionExpired);
@@ -445,6 +488,7 @@ impl Auth {
                 role: Role::parse(&role).unwrap_or(Role::Patient),
                 patient_id: r.try_get("patient_id")?,
                 mfa_verified: false,
+                must_change_password: false,
             };
             self.end_session(&p, SessionEnd::Revoked).await?;
         }
@@ -471,6 +515,7 @@ impl Auth {
                 role: Role::parse(&role).unwrap_or(Role::Patient),
                 patient_id: r.try_get("patient_id")?,
                 mfa_verified: false,
+                must_change_password: false,
             };
             let expires_at: OffsetDateTime = r.try_get("expires_at")?;
             let end = if expires_at <= now { SessionEnd::AbsoluteTimeout } else { SessionEnd::IdleTimeout };

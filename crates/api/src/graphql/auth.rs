@@ -21,6 +21,8 @@ pub struct LoginResult {
     /// `enrollMfa` when `mfaEnrolled` is false).
     pub mfa_required: bool,
     pub mfa_enrolled: bool,
+    /// The password was set by someone else: `changePassword` before anything else.
+    pub password_change_required: bool,
     pub expires_at: OffsetDateTime,
 }
 
@@ -89,6 +91,7 @@ impl AuthMutation {
             role: out.principal.role.into(),
             mfa_required: out.mfa_pending,
             mfa_enrolled: out.mfa_enrolled,
+            password_change_required: out.principal.must_change_password,
             expires_at: out.expires_at,
         })
     }
@@ -106,6 +109,19 @@ impl AuthMutation {
         let (state, req) = parts(ctx)?;
         let p = req.session()?;
         state.auth.verify_mfa(p, &code, &req.client).await?;
+        Ok(true)
+    }
+
+    /// Replace one's own password (required after an initial or reset password).
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        old_password: String,
+        new_password: String,
+    ) -> ApiResult<bool> {
+        let (state, req) = parts(ctx)?;
+        let p = req.verified()?;
+        state.auth.change_password(p, &old_password, &new_password, &req.client).await?;
         Ok(true)
     }
 
