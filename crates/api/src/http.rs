@@ -149,7 +149,8 @@ async fn graphql_handler(
         declared_purpose,
         collector: AccessCollector::default(),
     });
-    let response = h.schema.execute(req.into_inner().data(ctx.clone())).await;
+    let mut response = h.schema.execute(req.into_inner().data(ctx.clone())).await;
+    sanitize(&mut response.errors);
     match ctx.collector.flush(state, &ctx).await {
         Ok(n) => state.metrics.access_events(true, n),
         Err(e) => {
@@ -200,6 +201,24 @@ async fn graphql_ws(
             })
             .serve()
     })
+}
+
+/// Errors raised by the GraphQL library itself (parsing, validation, limits) carry no
+/// code of ours and may quote what the client sent (a string literal in a query can be
+/// a patient's name): give them a stable code, and drop any message that quotes input.
+fn sanitize(errors: &mut [async_graphql::ServerError]) {
+    for e in errors {
+        let ours = e.extensions.as_ref().is_some_and(|x| x.get("code").is_some());
+        if ours {
+            continue;
+        }
+        if e.message.contains('"') || e.message.contains('\'') {
+            e.message = "invalid request".into();
+        }
+        let mut ext = e.extensions.take().unwrap_or_default();
+        ext.set("code", "graphql.invalid_request");
+        e.extensions = Some(ext);
+    }
 }
 
 fn error_response(state: &AppState, started: Instant, e: ApiError) -> Response {

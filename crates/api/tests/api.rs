@@ -644,7 +644,14 @@ async fn errors_logs_and_urls_carry_no_phi() {
         )
         .await;
     assert_eq!(denied.err(), "authz.forbidden");
-    for r in [&bad, &refused, &denied] {
+    // A malformed query quoting a name: the library's own error must not echo it.
+    let parse =
+        s.gql(Some(&dtok), "{ searchPatients(familyPrefix: \"Qwertyphiparse\" { edges } }", json!({})).await;
+    assert_eq!(parse.err(), "graphql.invalid_request");
+    let unknown =
+        s.gql(Some(&dtok), "{ searchPatients(familyPrefix: \"Qwertyphifield\") { nope } }", json!({})).await;
+    assert_eq!(unknown.err(), "graphql.invalid_request");
+    for r in [&bad, &refused, &denied, &parse, &unknown] {
         assert!(!r.0.to_string().contains("Qwertyphi"), "PHI in an error: {}", r.0);
     }
     // GET (which would put a query in the URL) is refused.
