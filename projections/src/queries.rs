@@ -269,6 +269,18 @@ impl ReadModels {
             .collect()
     }
 
+    /// Display names of users, in one query (for per-request batching).
+    pub async fn display_names(
+        &self,
+        user_ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, String>, ProjectionError> {
+        let rows = sqlx::query("SELECT user_id, display_name FROM rm.users WHERE user_id = ANY($1)")
+            .bind(user_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("display_name")?))).collect()
+    }
+
     pub async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, ProjectionError> {
         let row = sqlx::query("SELECT user_id, username, display_name, roles, patient_id, active FROM rm.users WHERE user_id = $1")
             .bind(user_id)

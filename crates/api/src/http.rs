@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use async_graphql::dataloader::DataLoader;
 use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
 use async_graphql::Data;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
@@ -25,6 +26,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::access::{AccessCollector, RequestCtx};
 use crate::auth::ClientInfo;
 use crate::error::ApiError;
+use crate::graphql::types::UserNames;
 use crate::graphql::{self, ApiSchema};
 use crate::AppState;
 
@@ -149,7 +151,8 @@ async fn graphql_handler(
         declared_purpose,
         collector: AccessCollector::default(),
     });
-    let mut response = h.schema.execute(req.into_inner().data(ctx.clone())).await;
+    let loader = DataLoader::new(UserNames(state.read.clone()), tokio::spawn);
+    let mut response = h.schema.execute(req.into_inner().data(ctx.clone()).data(loader)).await;
     sanitize(&mut response.errors);
     match ctx.collector.flush(state, &ctx).await {
         Ok(n) => state.metrics.access_events(true, n),

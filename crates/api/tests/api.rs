@@ -698,13 +698,14 @@ async fn chart_history_point_in_time_and_read_your_writes() {
     let a = s.gql(Some(&dtok), amend, json!({"p": p, "i": entry, "a": Uuid::now_v7(), "c": soap("second version"), "e": Uuid::now_v7()})).await;
     let pos2 = a.data()["amendEntry"]["position"].as_u64().unwrap();
     // Read your write: minPosition waits for the projections.
-    let chart = "query($p: UUID!, $m: Int) { chart(patientId: $p, minPosition: $m) { notes { current { content version } versions { version change reason authorId } } } }";
+    let chart = "query($p: UUID!, $m: Int) { chart(patientId: $p, minPosition: $m) { notes { current { content version } versions { version change reason authorId authorName } } } }";
     let c = s.gql(Some(&dtok), chart, json!({"p": p, "m": pos2})).await;
     let notes = &c.data()["chart"]["notes"];
     assert_eq!(notes[0]["current"]["version"], json!(2));
     assert_eq!(notes[0]["current"]["content"]["subjective"], "second version");
     assert_eq!(notes[0]["versions"][1]["reason"], "typo");
     assert_eq!(notes[0]["versions"][0]["authorId"], json!(doc));
+    assert_eq!(notes[0]["versions"][1]["authorName"], "Test user");
     // The auditor sees the chart as it stood at t1.
     let pit = "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t) { asOf notes { current { content version } } demographics { name { family } } } }";
     let old = s.gql(Some(&atok), pit, json!({"p": p, "t": t1})).await;

@@ -14,12 +14,14 @@ use super::appointments::Appointment;
 use super::care::CareTeamMember;
 use super::consents::ConsentVersion;
 use super::patients::Patient;
-use super::types::{dt, from_json, now, to_json, ts, EntryKind, Written};
+use super::types::{dt, from_json, now, to_json, ts, EntryKind, UserNames, Written};
 use crate::access::{authorize, parts, wait_for};
+use crate::error::ApiError;
 use crate::policy::Operation;
 
 /// One version of an entry: who wrote it, when, why, and what it said.
 #[derive(SimpleObject, Clone)]
+#[graphql(complex)]
 pub struct EntryVersion {
     pub version: u32,
     /// `recorded`, `amended` or `entered_in_error`.
@@ -34,6 +36,17 @@ pub struct EntryVersion {
     pub author_role: String,
     pub event_id: Uuid,
     pub position: u64,
+}
+
+#[ComplexObject]
+impl EntryVersion {
+    /// The author's display name (batched per request).
+    async fn author_name(&self, ctx: &Context<'_>) -> ApiResult<Option<String>> {
+        let loader = ctx
+            .data::<async_graphql::dataloader::DataLoader<UserNames>>()
+            .map_err(|_| ApiError::Internal { code: "api.no_loader" })?;
+        loader.load_one(self.author_id).await
+    }
 }
 
 impl From<&DVersion> for EntryVersion {

@@ -169,3 +169,17 @@ pub enum AccessAction {
     Export,
     Print,
 }
+
+/// Staff display names, batched per request (one query for all the authors a response
+/// names). A loader lives for one request only: nothing is cached across users.
+#[derive(Debug)]
+pub struct UserNames(pub projections::ReadModels);
+
+impl async_graphql::dataloader::Loader<Uuid> for UserNames {
+    type Value = String;
+    type Error = ApiError;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<std::collections::HashMap<Uuid, String>, ApiError> {
+        Ok(self.0.display_names(keys).await?)
+    }
+}
