@@ -26,9 +26,27 @@ pub struct RequestCtx {
     /// The purpose of use the client declared (`X-Purpose-Of-Use`), if any.
     pub declared_purpose: Option<PurposeOfUse>,
     pub collector: AccessCollector,
+    /// Care-team decisions already made in this request, by patient (`Some(reason)`:
+    /// granted by break-glass; absent: not decided yet). Nested fields of one record
+    /// ask again; a request is short, so the answer cannot go stale within it.
+    pub care_team: Mutex<BTreeMap<Uuid, Option<Option<String>>>>,
 }
 
 impl RequestCtx {
+    pub fn new(
+        principal: Result<Principal, ApiError>,
+        client: ClientInfo,
+        declared_purpose: Option<PurposeOfUse>,
+    ) -> Self {
+        Self {
+            principal,
+            client,
+            declared_purpose,
+            collector: AccessCollector::default(),
+            care_team: Default::default(),
+        }
+    }
+
     /// The authenticated principal, with its second factor done.
     pub fn principal(&self) -> ApiResult<&Principal> {
         match &self.principal {
@@ -174,6 +192,10 @@ pub async fn authorize<'a>(
 pub async fn recheck(state: &AppState, req: &RequestCtx, op: Operation, patient: Uuid) -> ApiResult<()> {
     let p = req.principal()?;
     state.auth.check_live(p).await?;
+    // A subscription outlives requests: decide afresh (care team changes, grants expire).
+    if let Ok(mut m) = req.care_team.lock() {
+        m.clear();
+    }
     check(state, req, p, op, Some(patient)).await.map(|_| ())
 }
 
@@ -206,11 +228,24 @@ async fn check(
         }
         Rule::CareTeam => {
             let Some(patient) = patient else { return Err(ApiError::Forbidden) };
-            if !state.read.is_on_care_team(patient, p.user_id).await? {
-                match state.auth.break_glass_reason(p, patient).await? {
-                    Some(reason) => break_glass = Some(reason),
-                    None => return Err(ApiError::Forbidden),
+            let known = req.care_team.lock().ok().and_then(|m| m.get(&patient).cloned());
+            let decided = match known {
+                Some(d) => d,
+                None => {
+                    let d = if state.read.is_on_care_team(patient, p.user_id).await? {
+                        Some(None)
+                    } else {
+                        state.auth.break_glass_reason(p, patient).await?.map(Some)
+                    };
+                    if let Ok(mut m) = req.care_team.lock() {
+                        m.insert(patient, d.clone());
+                    }
+                    d
                 }
+            };
+            match decided {
+                Some(reason) => break_glass = reason,
+                None => return Err(ApiError::Forbidden),
             }
         }
     }

@@ -23,7 +23,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::access::{AccessCollector, RequestCtx};
+use crate::access::RequestCtx;
 use crate::auth::ClientInfo;
 use crate::error::ApiError;
 use crate::graphql::types::UserNames;
@@ -145,12 +145,8 @@ async fn graphql_handler(
             }
         },
     };
-    let ctx = std::sync::Arc::new(RequestCtx {
-        principal,
-        client: client_info(state, &headers, peer),
-        declared_purpose,
-        collector: AccessCollector::default(),
-    });
+    let ctx =
+        std::sync::Arc::new(RequestCtx::new(principal, client_info(state, &headers, peer), declared_purpose));
     let loader = DataLoader::new(UserNames(state.read.clone()), tokio::spawn);
     let mut response = h.schema.execute(req.into_inner().data(ctx.clone()).data(loader)).await;
     sanitize(&mut response.errors);
@@ -192,12 +188,7 @@ async fn graphql_ws(
                     None => Err(ApiError::Unauthenticated),
                 };
                 let principal = principal.map_err(async_graphql::Error::from)?;
-                let ctx = RequestCtx {
-                    principal: Ok(principal),
-                    client,
-                    declared_purpose,
-                    collector: AccessCollector::default(),
-                };
+                let ctx = RequestCtx::new(Ok(principal), client, declared_purpose);
                 let mut data = Data::default();
                 data.insert(std::sync::Arc::new(ctx));
                 Ok(data)

@@ -134,18 +134,18 @@ pub fn rule(role: Role, op: Operation) -> Rule {
     use Operation::*;
     use Rule::*;
     match role {
-        // Scheduling and demographics (and witnessing consent forms at the front desk);
-        // never clinical content.
+        // Scheduling and demographics (and who the care team is, to book with them);
+        // never clinical content, nor consents.
         Role::Receptionist => match op {
-            SearchPatients | ReadDemographics | RegisterPatient | UpdateDemographics | ReadConsents
-            | WriteConsents | ReadCareTeam | ReadAppointments | ManageAppointments => Allow,
+            SearchPatients | ReadDemographics | RegisterPatient | UpdateDemographics | ReadCareTeam
+            | ReadAppointments | ManageAppointments => Allow,
             _ => Deny,
         },
         // Clinical read and write for their own patients; others only by break-glass.
         Role::Physician | Role::Nurse => match op {
             SearchPatients => Allow,
-            ReadDemographics | ReadClinical | WriteClinical | ReadHistory | ReadConsents | ReadCareTeam
-            | ReadAppointments | ManageAppointments => CareTeam,
+            ReadDemographics | ReadClinical | WriteClinical | ReadHistory | ReadConsents | WriteConsents
+            | ReadCareTeam | ReadAppointments | ManageAppointments => CareTeam,
             ManageCareTeam if role == Role::Physician => CareTeam,
             BreakGlass => Allow,
             _ => Deny,

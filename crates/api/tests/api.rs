@@ -471,9 +471,12 @@ async fn break_glass_grants_flagged_access_and_consent_filters_by_purpose() {
     let pos = s.assign(p, doc).await;
     s.wait(pos).await;
     let consent = "mutation($p: UUID!, $g: [ConsentPurpose!]!, $e: UUID!) { recordConsent(patientId: $p, consentId: $e, granted: $g, method: WRITTEN, eventId: $e) { position } }";
-    s.gql(Some(&rtok), consent, json!({"p": p, "g": ["TREATMENT"], "e": Uuid::now_v7()})).await.data();
+    // Consent is recorded by the care team (or the patient), not the front desk.
+    let front = s.gql(Some(&rtok), consent, json!({"p": p, "g": ["TREATMENT"], "e": Uuid::now_v7()})).await;
+    assert_eq!(front.err(), "authz.forbidden");
+    s.gql(Some(&other), consent, json!({"p": p, "g": ["TREATMENT"], "e": Uuid::now_v7()})).await.data();
     let r = s
-        .gql(Some(&rtok), consent, json!({"p": q, "g": ["TREATMENT", "RESEARCH"], "e": Uuid::now_v7()}))
+        .gql(Some(&other), consent, json!({"p": q, "g": ["TREATMENT", "RESEARCH"], "e": Uuid::now_v7()}))
         .await;
     s.wait(r.data()["recordConsent"]["position"].as_u64().unwrap()).await;
     let research = |p| s.gql_with(Some(&other), Some("research"), chart, json!({"p": p}));
@@ -501,7 +504,7 @@ async fn break_glass_grants_flagged_access_and_consent_filters_by_purpose() {
     assert_eq!(ids, vec![json!(q)]);
     // Withdrawing research consent closes the record to research at once.
     let w = "mutation($p: UUID!, $e: UUID!) { withdrawConsent(patientId: $p, purposes: [RESEARCH], eventId: $e) { position } }";
-    let r = s.gql(Some(&rtok), w, json!({"p": q, "e": Uuid::now_v7()})).await;
+    let r = s.gql(Some(&other), w, json!({"p": q, "e": Uuid::now_v7()})).await;
     s.wait(r.data()["withdrawConsent"]["position"].as_u64().unwrap()).await;
     assert_eq!(research(q).await.err(), "authz.consent_required");
 }
@@ -859,6 +862,10 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
     let (mut sock, ack) = ws::connect(&s, Some(&dtok)).await;
     assert_eq!(ack["type"], "connection_ack");
     ws::subscribe(&mut sock, p).await;
+    // A second session of the same doctor, to log out of later.
+    let dtok2 = s.login("dr.ws", 1).await;
+    let (mut sock2, _) = ws::connect(&s, Some(&dtok2)).await;
+    ws::subscribe(&mut sock2, p).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
     let r = s
@@ -880,16 +887,26 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
     assert!(log
         .iter()
         .any(|a| a.user_id == doc && a.resources.contains(&domain::events::ResourceKind::ClinicalEntries)));
-    // Logging out ends the stream at the next change.
-    s.gql(Some(&dtok), "mutation { logout }", json!({})).await.data();
-    let r = s.gql(Some(&rtok), "mutation($p: UUID!, $e: UUID!) { updateDemographics(patientId: $p, input: {sex: OTHER}, eventId: $e) { position } }",
-        json!({"p": p, "e": Uuid::now_v7()})).await;
-    r.data();
-    let ended = ws::next(&mut sock).await;
-    assert!(
-        ended["type"] == "next"
-            && ended["payload"]["errors"][0]["extensions"]["code"] == "auth.session_expired"
-            || ended["type"] == "error",
-        "{ended}"
+    assert_eq!(
+        ws::next(&mut sock2).await["payload"]["data"]["chartUpdates"]["position"].as_u64().unwrap(),
+        pos
     );
+    // Logging out ends that session's stream at the next change; the other goes on.
+    s.gql(Some(&dtok2), "mutation { logout }", json!({})).await.data();
+    let demo = "mutation($p: UUID!, $e: UUID!) { updateDemographics(patientId: $p, input: {sex: OTHER}, eventId: $e) { position } }";
+    s.gql(Some(&rtok), demo, json!({"p": p, "e": Uuid::now_v7()})).await.data();
+    let ended = ws::next(&mut sock2).await;
+    assert_eq!(ended["payload"]["errors"][0]["extensions"]["code"], "auth.session_expired", "{ended}");
+    let still = ws::next(&mut sock).await;
+    assert_eq!(
+        still["payload"]["data"]["chartUpdates"]["eventType"], "patient.demographics_updated",
+        "{still}"
+    );
+    // Leaving the care team ends the stream: the removal itself is the change that is
+    // no longer shown.
+    let rm = "mutation($p: UUID!, $c: UUID!, $e: UUID!) { removeCareTeamMember(patientId: $p, clinicianId: $c, eventId: $e) { position } }";
+    s.gql(Some(&s.admin), rm, json!({"p": p, "c": doc, "e": Uuid::now_v7()})).await.data();
+    let gone = ws::next(&mut sock).await;
+    assert_eq!(gone["payload"]["errors"][0]["extensions"]["code"], "authz.forbidden", "{gone}");
+    assert!(gone["payload"]["data"].is_null());
 }

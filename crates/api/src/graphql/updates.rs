@@ -56,11 +56,12 @@ impl SubscriptionRoot {
                 Ok(e) => e,
                 Err(e) => return Some((Err(ApiError::from(e)), None)),
             };
+            // Let the read models catch up first: the client's read must find the change,
+            // and the access check must see it (a removal from the care team included).
+            let _ = state.projections.wait_for(event.position, state.config.max_wait).await;
             if let Err(e) = recheck(&state, &req, Operation::ReadClinical, patient_id).await {
                 return Some((Err(e), None));
             }
-            // Let the read models catch up, so that the client's read finds the change.
-            let _ = state.projections.wait_for(event.position, state.config.max_wait).await;
             let update = ChartUpdate {
                 patient_id,
                 position: event.position,
