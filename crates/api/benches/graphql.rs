@@ -1,0 +1,711 @@
+//! GraphQL read benchmark: `cargo bench -p api --bench graphql`.
+//!
+//! In one run, on a fresh database (`DATABASE_URL` if set, else 127.0.0.1:5432, via `testdb`):
+//!
+//! 1. the server as `chartledger serve` wires it (`AppState::new`, `http::router`, a
+//!    24-connection pool, the projection runner) on an ephemeral loopback port, in its own
+//!    2-worker runtime; the load clients run in a second runtime of the same process;
+//! 2. seeding: `BENCH_PATIENTS` (200) patients with ~`BENCH_ENTRIES` (20) clinical entries
+//!    each (realistic commands from `domain::sim`: entries, amendments, consents,
+//!    appointments), written through `projections::Records::execute`; one physician account
+//!    per client (created, logged in, TOTP enrolled and verified over GraphQL), each on the
+//!    care team of 1/16th of the patients; then the projections are waited for;
+//! 3. for 16 and 64 concurrent clients (one keep-alive HTTP connection and one session
+//!    each), a fixed duration per phase (`BENCH_SECS`, default 5 s, times `BENCH_SCALE`) and
+//!    a bounded request count:
+//!    - baseline A: `{ __typename }` without a token (no database at all);
+//!    - baseline B: `{ idleTimeoutSeconds }` with the bearer token (the session lookup only);
+//!    - chart reads: a physician's chart query (demographics and every entry's current
+//!      version) for their own patients, auditing on: each read writes its access event
+//!      durably before the response is sent;
+//! 4. where the time goes: the same pieces called in-process with the same concurrency
+//!    (session lookup, care-team check, read-model chart load, access-event append, and the
+//!    whole request without HTTP), and SQL statements per request (counted from sqlx's
+//!    statement events).
+//!
+//! The server's `fsync` is printed; the run is refused when it is off.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    missing_docs,
+    missing_debug_implementations
+)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::access::RequestCtx;
+use api::auth::ClientInfo;
+use api::{ApiConfig, AppState};
+use axum::body::Bytes;
+use domain::chart::Chart;
+use domain::commands::{decide, Command};
+use domain::events::{AccessAction, CareRole, DomainEvent, PurposeOfUse, RecordAccessed, ResourceKind, Role};
+use domain::sim::{Sim, Step};
+use domain::{streams, Recorded};
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use ledger::{Actor, LedgerSigningKey, Timestamp};
+use projections::{Projections, RunnerConfig};
+use serde_json::{json, Value};
+use store::{EventStore, StoreConfig};
+use testdb::TestDb;
+use uuid::Uuid;
+
+const ADMIN_PASSWORD: &str = "bootstrap admin password";
+const PASSWORD: &str = "a long enough password";
+/// Patients are split in this many groups; physician `c` cares for group `c % GROUPS`.
+const GROUPS: usize = 16;
+const CLIENTS: [usize; 2] = [16, 64];
+
+const Q_TYPENAME: &str = "{ __typename }";
+const Q_IDLE: &str = "{ idleTimeoutSeconds }";
+const Q_CHART: &str = "query($p: UUID!) { chart(patientId: $p) { patientId revision \
+    demographics { mrn name { family given } birthDate sex } \
+    entries { entryId kind status current { version change reason content effectiveAt recordedAt authorId authorRole } } } }";
+
+// ------------------------------------------------------------------ settings, statistics
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn scale() -> f64 {
+    env_f64("BENCH_SCALE", 1.0)
+}
+
+#[derive(Default)]
+struct Stats {
+    n: usize,
+    errors: usize,
+    secs: f64,
+    lat: Vec<Duration>,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.n as f64 / self.secs
+    }
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.lat.is_empty() {
+            return 0.0;
+        }
+        self.lat.sort_unstable();
+        let i = ((self.lat.len() as f64 - 1.0) * p).round() as usize;
+        self.lat[i].as_secs_f64() * 1000.0
+    }
+    fn merge(&mut self, (n, errors, lat): (usize, usize, Vec<Duration>)) {
+        self.n += n;
+        self.errors += errors;
+        self.lat.extend(lat);
+    }
+}
+
+/// `clients` tasks, each calling `op(client index, iteration)` until `dur` has passed or
+/// `budget` requests were made in all; `op` answers whether the request succeeded.
+async fn run<F, Fut>(clients: usize, dur: Duration, budget: i64, op: F) -> Stats
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let left = Arc::new(AtomicI64::new(budget));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let op = op.clone();
+        let left = left.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut n, mut errors, mut lat) = (0, 0, Vec::with_capacity(8192));
+            let mut i = 0;
+            while start.elapsed() < dur && left.fetch_sub(1, Ordering::Relaxed) > 0 {
+                let t = Instant::now();
+                let ok = op(c, i).await;
+                lat.push(t.elapsed());
+                i += 1;
+                if ok {
+                    n += 1;
+                } else {
+                    errors += 1;
+                }
+            }
+            (n, errors, lat)
+        }));
+    }
+    let mut st = Stats::default();
+    for t in tasks {
+        st.merge(t.await.unwrap());
+    }
+    st.secs = start.elapsed().as_secs_f64();
+    st
+}
+
+// ------------------------------------------------------------------ SQL statement counter
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts sqlx's per-statement events (target `sqlx::query`) while `COUNTING` is on; every
+/// other event is disabled at its call site, so outside the counting pass this costs one
+/// relaxed load per statement.
+struct CountSql;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountSql {
+    fn register_callsite(&self, m: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if m.target() == "sqlx::query" {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+    fn enabled(&self, m: &tracing::Metadata<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        m.target() == "sqlx::query" && COUNTING.load(Ordering::Relaxed)
+    }
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        STATEMENTS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// ------------------------------------------------------------------ the server
+
+struct Server {
+    db: TestDb,
+    state: AppState,
+    addr: SocketAddr,
+}
+
+async fn start_server(pool_size: u32) -> Server {
+    let db = TestDb::new().await.unwrap();
+    let show = |name: &'static str| {
+        let pool = db.pool().clone();
+        async move { sqlx::query_scalar::<_, String>(&format!("SHOW {name}")).fetch_one(&pool).await.unwrap() }
+    };
+    let (fsync, sync_commit, version) =
+        (show("fsync").await, show("synchronous_commit").await, show("server_version").await);
+    println!("server: PostgreSQL {version}, SHOW fsync = {fsync}, synchronous_commit = {sync_commit}");
+    if fsync != "on" {
+        eprintln!(
+            "refusing to benchmark: fsync = {fsync}, so the audit writes are not durable and no figure \
+             would mean anything. Point DATABASE_URL at a server with fsync = on."
+        );
+        db.drop_db().await.ok();
+        std::process::exit(2);
+    }
+    let pool =
+        sqlx::postgres::PgPoolOptions::new().max_connections(pool_size).connect(db.url()).await.unwrap();
+    let key = LedgerSigningKey::new("bench.example/ledger", SigningKey::from_bytes(&[9u8; 32])).unwrap();
+    let store_config = StoreConfig { origin: "bench.example/ledger".into(), ..StoreConfig::default() };
+    let store = EventStore::open(pool, key, store_config).await.unwrap();
+    let projections = Projections::start(store.clone(), RunnerConfig::default()).await.unwrap();
+    let config = ApiConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ApiConfig::default() };
+    let state = AppState::new(store, projections, config);
+    api::bootstrap::ensure_admin(&state, "admin", Some(ADMIN_PASSWORD.into())).await.unwrap().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = api::http::router(state.clone(), false).into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server { db, state, addr }
+}
+
+// ------------------------------------------------------------------ GraphQL client
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().user_agent("graphql-bench/1").pool_max_idle_per_host(1).build().unwrap()
+}
+
+async fn gql(http: &reqwest::Client, url: &str, token: Option<&str>, query: &str, vars: Value) -> Value {
+    let mut req = http.post(url).json(&json!({"query": query, "variables": vars}));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    assert!(resp.status().is_success(), "status {}", resp.status());
+    let v: Value = resp.json().await.unwrap();
+    assert!(v.get("errors").is_none(), "unexpected errors: {v}");
+    v["data"].clone()
+}
+
+const LOGIN: &str = "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token mfaRequired mfaEnrolled passwordChangeRequired } }";
+/// What the administrator sets; replaced at first login.
+const INITIAL: &str = "initial password from the admin";
+
+/// Log in with `password`, enrolling and verifying TOTP and replacing the password with
+/// `PASSWORD` when the server asks for it. Returns the bearer token.
+async fn login(http: &reqwest::Client, url: &str, name: &str, password: &str) -> String {
+    let r = gql(http, url, None, LOGIN, json!({"u": name, "p": password})).await;
+    let token = r["login"]["token"].as_str().unwrap().to_owned();
+    if r["login"]["mfaRequired"] == json!(true) {
+        assert_eq!(r["login"]["mfaEnrolled"], json!(false), "fresh accounts only");
+        let e = gql(http, url, Some(&token), "mutation { enrollMfa { secret } }", json!({})).await;
+        let secret = totp_rs::Secret::Encoded(e["enrollMfa"]["secret"].as_str().unwrap().to_owned())
+            .to_bytes()
+            .unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let code = api::auth::totp::code_at(&secret, now);
+        let v =
+            gql(http, url, Some(&token), "mutation($c: String!) { verifyMfa(code: $c) }", json!({"c": code}))
+                .await;
+        assert_eq!(v["verifyMfa"], json!(true));
+    }
+    if r["login"]["passwordChangeRequired"] == json!(true) {
+        let change =
+            "mutation($o: String!, $n: String!) { changePassword(oldPassword: $o, newPassword: $n) }";
+        let c = gql(http, url, Some(&token), change, json!({"o": password, "n": PASSWORD})).await;
+        assert_eq!(c["changePassword"], json!(true));
+    }
+    token
+}
+
+/// Create physician `name` (as the administrator) and log in. Returns (user id, token).
+async fn physician(http: &reqwest::Client, url: &str, admin: &str, name: &str) -> (Uuid, String) {
+    let id = Uuid::now_v7();
+    gql(
+        http,
+        url,
+        Some(admin),
+        "mutation($id: UUID!, $u: String!, $pw: String!, $e: UUID!) { createUser(userId: $id, username: $u, \
+         displayName: \"Bench physician\", roles: [PHYSICIAN], initialPassword: $pw, eventId: $e) { position } }",
+        json!({"id": id, "u": name, "pw": INITIAL, "e": Uuid::now_v7()}),
+    )
+    .await;
+    (id, login(http, url, name, INITIAL).await)
+}
+
+// ------------------------------------------------------------------ seeding
+
+fn now() -> Timestamp {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+    Timestamp::from_micros(micros as i64)
+}
+
+/// Keeps the simulator's chart current without a database.
+fn apply_local(chart: &mut Chart, event: &DomainEvent, at: Timestamp) {
+    let revision = chart.revision.map_or(0, |r| r + 1);
+    chart.apply(&Recorded {
+        position: 0,
+        stream: streams::patient(chart.patient_id),
+        stream_revision: revision,
+        event_id: Uuid::nil(),
+        recorded_at: at,
+        actor: Actor::system(),
+        event: event.clone(),
+    });
+}
+
+/// The commands of one patient: registration, realistic clinical history until `entries`
+/// entries exist, and the care-team assignments. Returns (patient, commands with roles).
+fn patient_commands(
+    sim: &mut Sim,
+    entries: usize,
+    physicians: &[Uuid],
+    group: usize,
+) -> (Uuid, Vec<(Role, Command)>) {
+    let t = now();
+    let (id, cmd) = sim.register();
+    let mut chart = Chart::new(id);
+    let event = decide(&chart, cmd.clone(), t).unwrap();
+    apply_local(&mut chart, &event, t);
+    let mut out = vec![(Role::Receptionist, cmd)];
+    for (c, doc) in physicians.iter().enumerate() {
+        if c % GROUPS == group {
+            let cmd = Command::AssignCareTeamMember { clinician_id: *doc, care_role: CareRole::Attending };
+            let event = decide(&chart, cmd.clone(), t).unwrap();
+            apply_local(&mut chart, &event, t);
+            out.push((Role::Administrator, cmd));
+        }
+    }
+    while chart.entries.len() < entries {
+        if let Step::Command { command, author_role, .. } = sim.step(&chart, t) {
+            // The simulator may remove its own clinicians, never ours.
+            let event = decide(&chart, command.clone(), t).unwrap();
+            apply_local(&mut chart, &event, t);
+            out.push((author_role, command));
+        }
+    }
+    (id, out)
+}
+
+// ------------------------------------------------------------------ main
+
+fn main() {
+    tracing::subscriber::set_global_default(tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::registry(),
+        CountSql,
+    ))
+    .unwrap();
+    let dur = Duration::from_secs_f64(env_f64("BENCH_SECS", 5.0) * scale());
+    let budget = (env_f64("BENCH_MAX_REQUESTS", 60_000.0) * scale()).max(1.0) as i64;
+    let n_patients = env_usize("BENCH_PATIENTS", 200);
+    let n_entries = env_usize("BENCH_ENTRIES", 20);
+    let pool_size = env_usize("BENCH_POOL", 24) as u32;
+    let max_clients = *CLIENTS.iter().max().unwrap();
+
+    // The server's runtime (2 workers, as `chartledger serve` gets on this 2-core machine),
+    // and the clients' runtime.
+    let srt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let crt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!(
+        "graphql bench: {n_patients} patients x ~{n_entries} entries, clients {CLIENTS:?}, {:.1} s per phase \
+         (at most {budget} requests), pool {pool_size}, {} cores",
+        dur.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let srv = srt.block_on(start_server(pool_size));
+    let url = format!("http://{}/graphql", srv.addr);
+    let state = srv.state.clone();
+
+    // Accounts: the administrator and one physician per client.
+    let t0 = Instant::now();
+    let (docs, tokens): (Vec<Uuid>, Vec<String>) = crt.block_on(async {
+        let http = client();
+        let admin = login(&http, &url, "admin", ADMIN_PASSWORD).await;
+        let out: Vec<(Uuid, String)> = futures::stream::iter(0..max_clients)
+            .map(|c| {
+                let (http, url, admin) = (http.clone(), url.clone(), admin.clone());
+                async move { physician(&http, &url, &admin, &format!("dr.bench{c:02}")).await }
+            })
+            .buffered(4)
+            .collect()
+            .await;
+        out.into_iter().unzip()
+    });
+    println!(
+        "  {max_clients} physicians created, logged in with TOTP in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Patients, through the command service, 64 at a time.
+    let t0 = Instant::now();
+    let mut sim = Sim::new(2026);
+    sim.access_percent = 0;
+    let plan: Vec<(Uuid, Vec<(Role, Command)>)> =
+        (0..n_patients).map(|i| patient_commands(&mut sim, n_entries, &docs, i % GROUPS)).collect();
+    let patients: Vec<Uuid> = plan.iter().map(|(p, _)| *p).collect();
+    let n_commands: usize = plan.iter().map(|(_, c)| c.len()).sum();
+    let seeder = Uuid::now_v7();
+    srt.block_on(async {
+        futures::stream::iter(plan)
+            .map(|(p, cmds)| {
+                let records = state.records.clone();
+                async move {
+                    for (role, cmd) in cmds {
+                        let actor = Actor { user_id: seeder, role: role.role_name() };
+                        records.execute(p, actor, Uuid::now_v7(), cmd).await.unwrap();
+                    }
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
+        let head = state.store.head().size;
+        state.projections.wait_for(head - 1, Duration::from_secs(600)).await.unwrap();
+        sqlx::query("VACUUM ANALYZE").execute(srv.db.pool()).await.unwrap();
+    });
+    println!(
+        "  seeded {n_patients} patients with {n_commands} commands in {:.1} s; projections caught up",
+        t0.elapsed().as_secs_f64()
+    );
+    // Each physician's own patients.
+    let mine: Arc<Vec<Vec<Uuid>>> = Arc::new(
+        (0..max_clients)
+            .map(|c| {
+                patients
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % GROUPS == c % GROUPS)
+                    .map(|(_, p)| *p)
+                    .collect()
+            })
+            .collect(),
+    );
+    // One prepared chart request body per patient.
+    let bodies: Arc<std::collections::HashMap<Uuid, Bytes>> = Arc::new(
+        patients
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    Bytes::from(
+                        serde_json::to_vec(&json!({"query": Q_CHART, "variables": {"p": p}})).unwrap(),
+                    ),
+                )
+            })
+            .collect(),
+    );
+    let tokens = Arc::new(tokens);
+
+    // Check one chart: the entries are there, and the read is audited.
+    let sample = crt
+        .block_on(async { gql(&client(), &url, Some(&tokens[0]), Q_CHART, json!({"p": mine[0][0]})).await });
+    let entries = sample["chart"]["entries"].as_array().map_or(0, Vec::len);
+    let size = serde_json::to_vec(&json!({ "data": sample })).unwrap().len();
+    assert!(entries >= n_entries, "the chart has {entries} entries");
+    println!("  a chart response: {entries} entries, {size} bytes of JSON");
+
+    // ---------------------------------------------------------------- HTTP phases
+    type Kind = (&'static str, &'static str);
+    const TYPENAME: Kind = ("static { __typename }, no token", Q_TYPENAME);
+    const IDLE: Kind = ("{ idleTimeoutSeconds }, bearer", Q_IDLE);
+    const CHART: Kind = ("chart read, audited", Q_CHART);
+    let http_phase = |kind: Kind, clients: usize, dur: Duration, budget: i64| -> Stats {
+        let clients_http: Arc<Vec<reqwest::Client>> = Arc::new((0..clients).map(|_| client()).collect());
+        let (url, tokens, mine, bodies) = (url.clone(), tokens.clone(), mine.clone(), bodies.clone());
+        let static_body = Bytes::from(serde_json::to_vec(&json!({"query": kind.1})).unwrap());
+        crt.block_on(run(clients, dur, budget, move |c, i| {
+            let http = clients_http[c].clone();
+            let url = url.clone();
+            let (token, body) = match kind.1 {
+                Q_TYPENAME => (None, static_body.clone()),
+                Q_IDLE => (Some(tokens[c].clone()), static_body.clone()),
+                _ => {
+                    let own = &mine[c];
+                    (Some(tokens[c].clone()), bodies[&own[(c + i) % own.len()]].clone())
+                }
+            };
+            async move {
+                let mut req = http.post(&url).header("content-type", "application/json").body(body);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                        // async-graphql puts "errors" at the top level only when there are any.
+                        Ok(b) => !b.windows(9).any(|w| w == b"\"errors\":"),
+                        Err(_) => false,
+                    },
+                    _ => false,
+                }
+            }
+        }))
+    };
+
+    // Warm-up (connections, caches, plans): not reported.
+    let _ = http_phase(CHART, 16, Duration::from_secs_f64(1.0 * scale().min(1.0)), budget);
+    let _ = http_phase(IDLE, 16, Duration::from_secs_f64(0.5 * scale().min(1.0)), budget);
+
+    let mut results = Vec::new();
+    for clients in CLIENTS {
+        let before = state.store.head().size;
+        let mut a = http_phase(TYPENAME, clients, dur, budget);
+        let mut b = http_phase(IDLE, clients, dur, budget);
+        let mid = state.store.head().size;
+        let mut c = http_phase(CHART, clients, dur, budget);
+        let after = state.store.head().size;
+        results.push((
+            clients,
+            [
+                (a.rate(), a.pct(0.5), a.pct(0.99), a.errors, a.n),
+                (b.rate(), b.pct(0.5), b.pct(0.99), b.errors, b.n),
+                (c.rate(), c.pct(0.5), c.pct(0.99), c.errors, c.n),
+            ],
+            (mid - before, after - mid),
+        ));
+    }
+
+    println!();
+    println!("HTTP on loopback (server: 2 workers, pool {pool_size}; clients: 2 workers, same process)");
+    println!(
+        "{:<9} {:<34} {:>10} {:>9} {:>9} {:>7} {:>12} {:>12}",
+        "clients", "request", "req/s", "p50 ms", "p99 ms", "errors", "chart/base A", "chart/base B"
+    );
+    for (clients, rows, (events_base, events_chart)) in &results {
+        let chart_rate = rows[2].0;
+        for (k, (name, _)) in [TYPENAME, IDLE, CHART].iter().enumerate() {
+            let (rate, p50, p99, errors, _) = rows[k];
+            let ratio = |base: f64| if k == 2 { format!("{:.3}", chart_rate / base) } else { String::new() };
+            println!(
+                "{:<9} {:<34} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12} {:>12}",
+                clients,
+                name,
+                rate,
+                p50,
+                p99,
+                errors,
+                ratio(rows[0].0),
+                ratio(rows[1].0)
+            );
+        }
+        println!(
+            "{:<9} p50 ratio chart/A {:.1}x, chart/B {:.1}x; p99 ratio chart/A {:.1}x, chart/B {:.1}x; \
+             ledger events written: {} during the baselines, {} during {} chart reads{}",
+            "",
+            rows[2].1 / rows[0].1,
+            rows[2].1 / rows[1].1,
+            rows[2].2 / rows[0].2,
+            rows[2].2 / rows[1].2,
+            events_base,
+            events_chart,
+            rows[2].4,
+            if *events_chart as usize >= rows[2].4 {
+                " (every read audited)"
+            } else {
+                " (FEWER events than reads!)"
+            }
+        );
+    }
+    let target_ok = results.iter().any(|(_, r, _)| r[2].0 >= 2000.0 && r[2].2 < 25.0);
+    println!(
+        "target (>= 2,000 chart reads/s with p99 < 25 ms): {}",
+        if target_ok { "met" } else { "NOT met" }
+    );
+
+    // ---------------------------------------------------------------- where the time goes
+    let comp_dur = Duration::from_secs_f64(env_f64("BENCH_COMPONENT_SECS", 2.0) * scale());
+    let schema = api::graphql::schema(Some(state.clone()));
+    println!();
+    println!(
+        "in-process pieces of a chart read, same concurrency ({:.1} s each; server runtime, no HTTP)",
+        comp_dur.as_secs_f64()
+    );
+    println!(
+        "{:<9} {:<44} {:>10} {:>9} {:>9} {:>7}",
+        "clients", "piece", "ops/s", "p50 ms", "p99 ms", "errors"
+    );
+    for clients in CLIENTS {
+        let pieces: Vec<(&str, Stats)> = vec![
+            ("authenticate (session lookup)", {
+                let (state, tokens) = (state.clone(), tokens.clone());
+                srt.block_on(run(clients, comp_dur, budget, move |c, _| {
+                    let (state, token) = (state.clone(), tokens[c].clone());
+                    async move { state.auth.authenticate(&token).await.is_ok() }
+                }))
+            }),
+            ("care-team check (is_on_care_team)", {
+                let (state, mine, docs) = (state.clone(), mine.clone(), docs.clone());
+                srt.block_on(run(clients, comp_dur, budget, move |c, i| {
+                    let (state, p, d) = (state.clone(), mine[c][(c + i) % mine[c].len()], docs[c]);
+                    async move { state.read.is_on_care_team(p, d).await.unwrap_or(false) }
+                }))
+            }),
+            ("read-model chart load (ReadModels::chart)", {
+                let (state, mine) = (state.clone(), mine.clone());
+                srt.block_on(run(clients, comp_dur, budget, move |c, i| {
+                    let (state, p) = (state.clone(), mine[c][(c + i) % mine[c].len()]);
+                    async move { matches!(state.read.chart(p).await, Ok(Some(_))) }
+                }))
+            }),
+            ("access-event append (record_access)", {
+                let (state, mine, docs) = (state.clone(), mine.clone(), docs.clone());
+                srt.block_on(run(clients, comp_dur, budget, move |c, i| {
+                    let (state, p, d) = (state.clone(), mine[c][(c + i) % mine[c].len()], docs[c]);
+                    async move {
+                        let access = RecordAccessed {
+                            patient_id: p,
+                            resources: BTreeSet::from([
+                                ResourceKind::ClinicalEntries,
+                                ResourceKind::Demographics,
+                            ]),
+                            action: AccessAction::View,
+                            purpose: PurposeOfUse::Treatment,
+                            break_glass_reason: None,
+                            client_addr: Some("127.0.0.1".into()),
+                            user_agent: Some("graphql-bench/1".into()),
+                            session_id: Some(Uuid::now_v7()),
+                        };
+                        let actor = Actor { user_id: d, role: Role::Physician.role_name() };
+                        state.records.record_access(actor, Uuid::now_v7(), access).await.is_ok()
+                    }
+                }))
+            }),
+            ("whole request without HTTP (auth+exec+flush)", {
+                let (state, mine, tokens, schema) =
+                    (state.clone(), mine.clone(), tokens.clone(), schema.clone());
+                srt.block_on(run(clients, comp_dur, budget, move |c, i| {
+                    let (state, schema) = (state.clone(), schema.clone());
+                    let (p, token) = (mine[c][(c + i) % mine[c].len()], tokens[c].clone());
+                    async move {
+                        let ctx = Arc::new(RequestCtx::new(
+                            state.auth.authenticate(&token).await,
+                            ClientInfo {
+                                addr: Some("127.0.0.1".into()),
+                                user_agent: Some("graphql-bench/1".into()),
+                            },
+                            None,
+                        ));
+                        let req = async_graphql::Request::new(Q_CHART)
+                            .variables(async_graphql::Variables::from_json(json!({"p": p})))
+                            .data(ctx.clone());
+                        let resp = schema.execute(req).await;
+                        let flushed = ctx.collector.flush(&state, &ctx).await;
+                        let body = serde_json::to_vec(&resp).unwrap();
+                        resp.errors.is_empty() && matches!(flushed, Ok(1)) && !body.is_empty()
+                    }
+                }))
+            }),
+        ];
+        for (name, mut s) in pieces {
+            println!(
+                "{:<9} {:<44} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+                clients,
+                name,
+                s.rate(),
+                s.pct(0.5),
+                s.pct(0.99),
+                s.errors
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- statements per request
+    println!();
+    let n = 50usize;
+    println!(
+        "SQL statements per request ({n} sequential requests; counted from sqlx's statement events, \
+         including the background work they cause until the projections have caught up)"
+    );
+    let settle = || {
+        let head = state.store.head().size;
+        srt.block_on(state.projections.wait_for(head - 1, Duration::from_secs(60))).unwrap();
+    };
+    let count = |label: &str, work: &dyn Fn() -> Stats| {
+        settle();
+        std::thread::sleep(Duration::from_millis(1500)); // past the checkpoint interval
+        STATEMENTS.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        let s = work();
+        let during = STATEMENTS.load(Ordering::Relaxed);
+        settle();
+        let total = STATEMENTS.load(Ordering::Relaxed);
+        COUNTING.store(false, Ordering::Relaxed);
+        println!(
+            "  {label:<46} {:>6.1} during the request, {:>6.1} with background work ({} ok, {} errors)",
+            during as f64 / s.n.max(1) as f64,
+            total as f64 / s.n.max(1) as f64,
+            s.n,
+            s.errors
+        );
+    };
+    for kind in [TYPENAME, IDLE, CHART] {
+        count(&format!("HTTP {}", kind.0), &|| http_phase(kind, 1, Duration::from_secs(60), n as i64));
+    }
+    count("in-process authenticate", &|| {
+        let (state, tokens) = (state.clone(), tokens.clone());
+        srt.block_on(run(1, Duration::from_secs(60), n as i64, move |c, _| {
+            let (state, token) = (state.clone(), tokens[c].clone());
+            async move { state.auth.authenticate(&token).await.is_ok() }
+        }))
+    });
+    count("in-process ReadModels::chart", &|| {
+        let (state, mine) = (state.clone(), mine.clone());
+        srt.block_on(run(1, Duration::from_secs(60), n as i64, move |c, i| {
+            let (state, p) = (state.clone(), mine[c][i % mine[c].len()]);
+            async move { matches!(state.read.chart(p).await, Ok(Some(_))) }
+        }))
+    });
+
+    srt.block_on(async {
+        srv.state.projections.shutdown().await;
+        drop(state);
+        drop(srv.state);
+        srv.db.drop_db().await.ok();
+    });
+}
