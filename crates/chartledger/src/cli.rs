@@ -96,4 +96,9 @@ pub struct ServeArgs {
     /// An existing PostgreSQL database; unset: an embedded cluster in the data folder.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Seed synthetic demo data on the first start of a new installation: staff of every
+    /// role and a patient account (passwords shown once), ~50 synthetic patients with
+    /// their history. Never real patients; never into an installation already in use.
+    #[arg(long)]
+    pub demo: bool,
 }

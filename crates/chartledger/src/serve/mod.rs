@@ -3,6 +3,7 @@
 //! projections, the bootstrap administrator, then the HTTP(S) server until Ctrl-C.
 
 mod config;
+mod demo;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -25,11 +26,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref())?;
     telemetry::init(settings.json_logs);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve(settings, args.database_url.clone()))?;
+    rt.block_on(serve(settings, args.database_url.clone(), args.demo))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(settings: Settings, database_url: Option<String>) -> anyhow::Result<()> {
+async fn serve(settings: Settings, database_url: Option<String>, demo: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create the data folder {}", settings.data_dir.display()))?;
     let (url, embedded) = match database_url {
@@ -43,7 +44,7 @@ async fn serve(settings: Settings, database_url: Option<String>) -> anyhow::Resu
             (url, Some(pg))
         }
     };
-    let result = run_server(&settings, &url).await;
+    let result = run_server(&settings, &url, demo).await;
     if let Some(pg) = embedded {
         if let Err(e) = pg.stop().await {
             tracing::error!(code = e.code(), "embedded PostgreSQL did not stop cleanly");
@@ -52,7 +53,12 @@ async fn serve(settings: Settings, database_url: Option<String>) -> anyhow::Resu
     result
 }
 
-async fn run_server(settings: &Settings, url: &str) -> anyhow::Result<()> {
+async fn run_server(settings: &Settings, url: &str, demo: bool) -> anyhow::Result<()> {
+    // A bad certificate or key stops the start before anything is written.
+    let tls = match (&settings.api.tls_cert, &settings.api.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(24)
         .connect(url)
@@ -65,36 +71,44 @@ async fn run_server(settings: &Settings, url: &str) -> anyhow::Result<()> {
         Projections::start(store.clone(), RunnerConfig::default()).await.context("projections")?;
     let state = AppState::new(store.clone(), projections.clone(), settings.api.clone());
     let password = std::env::var("CHARTLEDGER_BOOTSTRAP_PASSWORD").ok().filter(|p| !p.is_empty());
-    match api::bootstrap::ensure_admin(&state, &settings.bootstrap_admin, password).await {
+    let first_start = match api::bootstrap::ensure_admin(&state, &settings.bootstrap_admin, password).await {
         Ok(Some(b)) => {
             // Printed once, to the terminal, never to the log.
-            println!("bootstrap administrator created (shown once; change it by creating real accounts):");
+            println!("bootstrap administrator created (shown once; the first login enrols TOTP and replaces the password):");
             println!("  user name: {}", b.username);
             println!("  password:  {}", b.password);
+            true
         }
-        Ok(None) => {}
+        Ok(None) => false,
         Err(e) => anyhow::bail!("cannot create the bootstrap administrator [{}]", e.code()),
+    };
+    if demo {
+        if first_start {
+            let seeded = demo::seed(&state).await?;
+            seeded.print();
+        } else {
+            // Synthetic data never goes into an installation that is already in use.
+            println!("demo: not seeded (demo data is seeded on the first start of a new installation only)");
+        }
     }
     let sweeper = tokio::spawn(sweep(state.clone()));
-    let tls = settings.api.tls_cert.is_some();
-    let app = api::http::router(state, tls).into_make_service_with_connect_info::<SocketAddr>();
+    let app = api::http::router(state, tls.is_some()).into_make_service_with_connect_info::<SocketAddr>();
     let listen = settings.api.listen;
-    let served = match (&settings.api.tls_cert, &settings.api.tls_key) {
-        (Some(cert), Some(key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .context("cannot load the TLS certificate and key")?;
+    let served = match tls {
+        Some(tls) => {
+            let listener =
+                std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+            listener.set_nonblocking(true)?;
             let handle = axum_server::Handle::new();
             let h = handle.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
                 h.graceful_shutdown(Some(Duration::from_secs(10)));
             });
-            println!("listening on https://{listen}");
-            axum_server::bind_rustls(listen, tls).handle(handle).serve(app).await.context("server")
+            println!("listening on https://{}", listener.local_addr()?);
+            axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(app).await.context("server")
         }
-        _ => {
+        None => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -123,6 +137,34 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
 }
+
+/// The TLS settings: TLS 1.3 and 1.2 only (nothing older), the ring provider, HTTP/2 and
+/// HTTP/1.1 by ALPN, and the certificate chain and private key from PEM files.
+fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("cannot read the TLS certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("no certificate in {}", cert.display());
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("cannot read the TLS private key {}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(TLS_VERSIONS)
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .context("the TLS certificate and private key do not fit together")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(config)))
+}
+
+/// TLS 1.3, and 1.2 for older clients; never anything older.
+pub const TLS_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 fn load_or_create_key(path: &Path, origin: &str) -> anyhow::Result<LedgerSigningKey> {
     if path.exists() {
