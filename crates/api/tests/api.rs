@@ -910,3 +910,46 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
     assert_eq!(gone["payload"]["errors"][0]["extensions"]["code"], "authz.forbidden", "{gone}");
     assert!(gone["payload"]["data"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_lifetime_unique_names_and_deactivation() {
+    let s = server(|c, _| c.absolute_timeout = Duration::from_secs(6)).await;
+    let (_, tok) = s.user("nurse.abs", "NURSE", None).await;
+    // User names are unique.
+    let create = "mutation($id: UUID!, $u: String!, $e: UUID!) { createUser(userId: $id, username: $u, displayName: \"Dup\", roles: [NURSE], initialPassword: \"another initial password\", eventId: $e) { position } }";
+    let dup = s
+        .gql(Some(&s.admin), create, json!({"id": Uuid::now_v7(), "u": "nurse.abs", "e": Uuid::now_v7()}))
+        .await;
+    assert_eq!(dup.err(), "staff.username_taken");
+    // Deactivation ends the user's sessions now and refuses later logins.
+    let (victim, vtok) = s.user("nurse.leaving", "NURSE", None).await;
+    let me = "{ me { userId } }";
+    s.gql(Some(&vtok), me, json!({})).await.data();
+    let deactivate =
+        "mutation($u: UUID!, $e: UUID!) { deactivateUser(userId: $u, eventId: $e) { position } }";
+    s.gql(Some(&s.admin), deactivate, json!({"u": victim, "e": Uuid::now_v7()})).await.data();
+    assert_eq!(s.gql(Some(&vtok), me, json!({})).await.err(), "auth.session_expired");
+    let again = s.gql(None, LOGIN, json!({"u": "nurse.leaving", "p": PASSWORD, "r": null})).await;
+    assert_eq!(again.err(), "auth.invalid_credentials");
+    let admin_id = s.gql(Some(&s.admin), me, json!({})).await.data()["me"]["userId"].clone();
+    let own = s.gql(Some(&s.admin), deactivate, json!({"u": admin_id, "e": Uuid::now_v7()})).await;
+    assert_eq!(own.err(), "staff.cannot_deactivate_self");
+    // A session ends after its absolute lifetime, however active it was.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if s.gql(Some(&tok), me, json!({})).await.code().is_some() {
+            break;
+        }
+    }
+    assert_eq!(s.gql(Some(&tok), me, json!({})).await.err(), "auth.session_expired");
+    let admin = s.login("admin", 0).await;
+    let ev = s.gql(Some(&admin), "{ securityEvents(first: 500) { eventType payload } }", json!({})).await;
+    let ev = ev.data()["securityEvents"].as_array().unwrap().clone();
+    let ended = |end: &str| {
+        ev.iter().any(|e| e["eventType"] == "security.session_ended" && e["payload"]["end"] == end)
+    };
+    assert!(ended("absolute_timeout") && ended("revoked"));
+    assert!(ev
+        .iter()
+        .any(|e| e["eventType"] == "security.login_failed" && e["payload"]["failure"] == "deactivated"));
+}
