@@ -72,7 +72,7 @@ pub async fn entry_history_as_of(
 
 /// The entry `id` names in `chart`: the entry with that id, else the entry amended by the
 /// amendment with that id (the earliest such amendment, should ids ever collide).
-fn entry_named(chart: &Chart, id: Uuid) -> Option<&Entry> {
+pub fn entry_named(chart: &Chart, id: Uuid) -> Option<&Entry> {
     if let Some(e) = chart.entries.get(&id) {
         return Some(e);
     }

@@ -87,6 +87,28 @@ fn dur(d: Duration) -> time::Duration {
     time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
 
+/// A session row's principal (`must_change_password` where the query joined it).
+fn principal_from(row: &sqlx::postgres::PgRow) -> ApiResult<Principal> {
+    let role: String = row.try_get("role")?;
+    Ok(Principal {
+        user_id: row.try_get("user_id")?,
+        session_id: row.try_get("session_id")?,
+        role: Role::parse(&role).ok_or(ApiError::Internal { code: "auth.corrupt_session" })?,
+        patient_id: row.try_get("patient_id")?,
+        mfa_verified: row.try_get("mfa_verified")?,
+        must_change_password: row.try_get("must_change_password").unwrap_or(false),
+    })
+}
+
+/// Check a password against its PHC string off the async threads (argon2 is slow by
+/// design).
+async fn verify_password(password: &str, phc: String) -> ApiResult<bool> {
+    let pw = password.to_owned();
+    tokio::task::spawn_blocking(move || password::verify(&pw, &phc))
+        .await
+        .map_err(|e| ApiError::internal("auth.hash", &e))
+}
+
 impl Auth {
     pub fn new(pool: PgPool, records: Records, config: Arc<ApiConfig>) -> Self {
         let read = ReadModels::new(pool.clone());
@@ -161,12 +183,7 @@ impl Auth {
             return Err(ApiError::Locked);
         }
         let phc: String = row.try_get("password_hash")?;
-        let ok = {
-            let (pw, phc) = (password.to_owned(), phc);
-            tokio::task::spawn_blocking(move || password::verify(&pw, &phc))
-                .await
-                .map_err(|e| ApiError::internal("auth.hash", &e))?
-        };
+        let ok = verify_password(password, phc).await?;
         if !ok {
             let locked = self.count_failure(user_id).await?;
             self.failed(Some(user_id), LoginFailure::BadPassword, client).await?;
@@ -282,12 +299,7 @@ impl Auth {
             .fetch_one(&self.pool)
             .await?;
         let phc: String = row.try_get("password_hash")?;
-        let ok = {
-            let (pw, phc) = (old.to_owned(), phc);
-            tokio::task::spawn_blocking(move || password::verify(&pw, &phc))
-                .await
-                .map_err(|e| ApiError::internal("auth.hash", &e))?
-        };
+        let ok = verify_password(old, phc).await?;
         if !ok {
             let locked = self.count_failure(p.user_id).await?;
             self.failed(Some(p.user_id), LoginFailure::BadPassword, client).await?;
@@ -390,15 +402,7 @@ impl Auth {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Err(ApiError::Unauthenticated) };
-        let role: String = row.try_get("role")?;
-        let p = Principal {
-            user_id: row.try_get("user_id")?,
-            session_id: row.try_get("session_id")?,
-            role: Role::parse(&role).ok_or(ApiError::Unauthenticated)?,
-            patient_id: row.try_get("patient_id")?,
-            mfa_verified: row.try_get("mfa_verified")?,
-            must_change_password: row.try_get("must_change_password")?,
-        };
+        let p = principal_from(&row)?;
         if row.try_get::<Option<OffsetDateTime>, _>("ended_at")?.is_some() {
             return Err(ApiError::SessionExpired);
         }
@@ -475,22 +479,14 @@ impl Auth {
     /// End every live session of a user (deactivation, role revocation).
     pub async fn revoke_user_sessions(&self, user_id: Uuid) -> ApiResult<usize> {
         let rows = sqlx::query(
-            "SELECT session_id, role, patient_id FROM auth_sessions WHERE user_id = $1 AND ended_at IS NULL",
+            "SELECT session_id, user_id, role, patient_id, mfa_verified FROM auth_sessions \
+             WHERE user_id = $1 AND ended_at IS NULL",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
         for r in &rows {
-            let role: String = r.try_get("role")?;
-            let p = Principal {
-                user_id,
-                session_id: r.try_get("session_id")?,
-                role: Role::parse(&role).unwrap_or(Role::Patient),
-                patient_id: r.try_get("patient_id")?,
-                mfa_verified: false,
-                must_change_password: false,
-            };
-            self.end_session(&p, SessionEnd::Revoked).await?;
+            self.end_session(&principal_from(r)?, SessionEnd::Revoked).await?;
         }
         Ok(rows.len())
     }
@@ -500,7 +496,7 @@ impl Auth {
     pub async fn sweep(&self) -> ApiResult<usize> {
         let now = OffsetDateTime::now_utc();
         let rows = sqlx::query(
-            "SELECT session_id, user_id, role, patient_id, expires_at FROM auth_sessions \
+            "SELECT session_id, user_id, role, patient_id, mfa_verified, expires_at FROM auth_sessions \
              WHERE ended_at IS NULL AND (last_seen <= $1 OR expires_at <= $2)",
         )
         .bind(now - dur(self.config.idle_timeout))
@@ -508,15 +504,7 @@ impl Auth {
         .fetch_all(&self.pool)
         .await?;
         for r in &rows {
-            let role: String = r.try_get("role")?;
-            let p = Principal {
-                user_id: r.try_get("user_id")?,
-                session_id: r.try_get("session_id")?,
-                role: Role::parse(&role).unwrap_or(Role::Patient),
-                patient_id: r.try_get("patient_id")?,
-                mfa_verified: false,
-                must_change_password: false,
-            };
+            let p = principal_from(r)?;
             let expires_at: OffsetDateTime = r.try_get("expires_at")?;
             let end = if expires_at <= now { SessionEnd::AbsoluteTimeout } else { SessionEnd::IdleTimeout };
             self.end_session(&p, end).await?;

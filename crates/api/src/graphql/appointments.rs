@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
+use super::execute;
 use super::types::{dt, ts, CancelledBy, VisitType, Written};
 use crate::access::{authorize, parts, wait_for};
 use crate::error::ApiError;
@@ -112,8 +113,6 @@ impl AppointmentMutation {
         end: OffsetDateTime,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::ManageAppointments, Some(patient_id)).await?;
         let cmd = Command::ScheduleAppointment {
             appointment_id,
             clinician_id,
@@ -121,7 +120,7 @@ impl AppointmentMutation {
             start: ts(start),
             end: ts(end),
         };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::ManageAppointments, patient_id, event_id, cmd).await
     }
 
     async fn reschedule_appointment(
@@ -133,10 +132,8 @@ impl AppointmentMutation {
         end: OffsetDateTime,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::ManageAppointments, Some(patient_id)).await?;
         let cmd = Command::RescheduleAppointment { appointment_id, start: ts(start), end: ts(end) };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::ManageAppointments, patient_id, event_id, cmd).await
     }
 
     async fn cancel_appointment(
@@ -147,10 +144,8 @@ impl AppointmentMutation {
         cancelled_by: CancelledBy,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::ManageAppointments, Some(patient_id)).await?;
         let cmd = Command::CancelAppointment { appointment_id, cancelled_by: cancelled_by.into() };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::ManageAppointments, patient_id, event_id, cmd).await
     }
 
     async fn complete_appointment(
@@ -160,9 +155,7 @@ impl AppointmentMutation {
         appointment_id: Uuid,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::ManageAppointments, Some(patient_id)).await?;
         let cmd = Command::CompleteAppointment { appointment_id };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::ManageAppointments, patient_id, event_id, cmd).await
     }
 }

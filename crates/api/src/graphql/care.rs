@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
+use super::execute;
 use super::types::{dt, CareRole, Written};
 use crate::access::{authorize, parts, wait_for};
 use crate::error::ApiError;
@@ -77,10 +78,8 @@ impl CareMutation {
         care_role: CareRole,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::ManageCareTeam, Some(patient_id)).await?;
         let cmd = Command::AssignCareTeamMember { clinician_id, care_role: care_role.into() };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::ManageCareTeam, patient_id, event_id, cmd).await
     }
 
     async fn remove_care_team_member(
@@ -90,10 +89,8 @@ impl CareMutation {
         clinician_id: Uuid,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::ManageCareTeam, Some(patient_id)).await?;
         let cmd = Command::RemoveCareTeamMember { clinician_id };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::ManageCareTeam, patient_id, event_id, cmd).await
     }
 
     /// Emergency access to a patient outside the caller's care team: time-limited,

@@ -15,7 +15,8 @@ use super::care::CareTeamMember;
 use super::consents::ConsentVersion;
 use super::patients::Patient;
 use super::types::{dt, from_json, now, to_json, ts, EntryKind, UserNames, Written};
-use crate::access::{authorize, parts, wait_for};
+use super::{execute, read_chart};
+use crate::access::authorize;
 use crate::error::ApiError;
 use crate::policy::Operation;
 
@@ -175,14 +176,7 @@ impl ChartQuery {
         as_of: Option<OffsetDateTime>,
         min_position: Option<u64>,
     ) -> ApiResult<Option<ChartView>> {
-        let (state, _) = parts(ctx)?;
-        let op = if as_of.is_some() { Operation::PointInTime } else { Operation::ReadClinical };
-        authorize(ctx, op, Some(patient_id)).await?;
-        wait_for(state, min_position).await?;
-        let chart = match as_of {
-            Some(t) => Some(projections::pit::chart_as_of(&state.store, patient_id, ts(t)).await?.chart),
-            None => state.read.chart(patient_id).await?,
-        };
+        let chart = read_chart(ctx, Operation::ReadClinical, patient_id, as_of, min_position).await?;
         Ok(chart.filter(|c| c.demographics.is_some()).map(|chart| ChartView {
             patient_id,
             revision: chart.revision,
@@ -202,25 +196,8 @@ impl ChartQuery {
         as_of: Option<OffsetDateTime>,
         min_position: Option<u64>,
     ) -> ApiResult<Option<Entry>> {
-        let (state, _) = parts(ctx)?;
-        let op = if as_of.is_some() { Operation::PointInTime } else { Operation::ReadHistory };
-        authorize(ctx, op, Some(patient_id)).await?;
-        wait_for(state, min_position).await?;
-        let chart = match as_of {
-            Some(t) => projections::pit::chart_as_of(&state.store, patient_id, ts(t)).await?.chart,
-            None => match state.read.chart(patient_id).await? {
-                Some(c) => c,
-                None => return Ok(None),
-            },
-        };
-        let found = chart.entries.get(&entry_id).or_else(|| {
-            chart.entries.values().find(|e| {
-                e.versions.iter().any(|v| {
-                    matches!(&v.change, domain::chart::VersionChange::Amended { amendment_id, .. } if *amendment_id == entry_id)
-                })
-            })
-        });
-        Ok(found.map(Into::into))
+        let chart = read_chart(ctx, Operation::ReadHistory, patient_id, as_of, min_position).await?;
+        Ok(chart.as_ref().and_then(|c| projections::pit::entry_named(c, entry_id)).map(Into::into))
     }
 }
 
@@ -239,12 +216,10 @@ impl ChartMutation {
         effective_at: Option<OffsetDateTime>,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::WriteClinical, Some(patient_id)).await?;
         let content: EntryContent = from_json(content)?;
         let effective_at = effective_at.map_or_else(now, ts);
         let cmd = Command::RecordEntry { entry_id, content, effective_at };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::WriteClinical, patient_id, event_id, cmd).await
     }
 
     /// Amend an entry (the original or any amendment): new content and the reason.
@@ -260,12 +235,10 @@ impl ChartMutation {
         effective_at: Option<OffsetDateTime>,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::WriteClinical, Some(patient_id)).await?;
         let content: EntryContent = from_json(content)?;
         let effective_at = effective_at.map_or_else(now, ts);
         let cmd = Command::AmendEntry { amendment_id, entry_id, content, reason, effective_at };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::WriteClinical, patient_id, event_id, cmd).await
     }
 
     /// Retract an entry as entered in error; it stays in the history.
@@ -277,9 +250,7 @@ impl ChartMutation {
         reason: String,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::WriteClinical, Some(patient_id)).await?;
         let cmd = Command::MarkEnteredInError { entry_id, reason };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::WriteClinical, patient_id, event_id, cmd).await
     }
 }

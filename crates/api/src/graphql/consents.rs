@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
+use super::execute;
 use super::types::{dt, now, ts, ConsentMethod, ConsentPurpose, Written};
 use crate::access::{authorize, parts, wait_for};
 use crate::policy::Operation;
@@ -91,8 +92,6 @@ impl ConsentMutation {
         given_at: Option<OffsetDateTime>,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::WriteConsents, Some(patient_id)).await?;
         let cmd = Command::RecordConsent {
             consent_id,
             granted: granted.into_iter().map(Into::into).collect::<BTreeSet<_>>(),
@@ -100,7 +99,7 @@ impl ConsentMutation {
             witness_id,
             given_at: given_at.map_or_else(now, ts),
         };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::WriteConsents, patient_id, event_id, cmd).await
     }
 
     /// Withdraw purposes from the consent in force (all of them when none are named).
@@ -112,13 +111,11 @@ impl ConsentMutation {
         witness_id: Option<Uuid>,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::WriteConsents, Some(patient_id)).await?;
         let cmd = Command::WithdrawConsent {
             purposes: purposes.into_iter().map(Into::into).collect(),
             witness_id,
             withdrawn_at: now(),
         };
-        Ok(state.records.execute(patient_id, p.actor(), event_id, cmd).await?.into())
+        execute(ctx, Operation::WriteConsents, patient_id, event_id, cmd).await
     }
 }

@@ -13,8 +13,15 @@ mod staff;
 pub mod types;
 mod updates;
 
-use async_graphql::{MergedObject, Schema};
+use async_graphql::{Context, MergedObject, Schema};
+use domain::chart::Chart;
+use domain::commands::Command;
+use time::OffsetDateTime;
+use uuid::Uuid;
 
+use crate::access::{authorize, parts, wait_for};
+use crate::error::ApiResult;
+use crate::policy::Operation;
 use crate::AppState;
 
 #[derive(MergedObject, Debug, Default)]
@@ -60,4 +67,39 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
 /// The SDL as committed in `schema/chartledger.graphql`.
 pub fn sdl() -> String {
     schema(None).sdl()
+}
+
+/// A command on a patient's record: authorize `op` for it (recorded as an access),
+/// then decide and append the command (a retry with the same `event_id` is answered
+/// with the original result).
+async fn execute(
+    ctx: &Context<'_>,
+    op: Operation,
+    patient_id: Uuid,
+    event_id: Uuid,
+    command: Command,
+) -> ApiResult<types::Written> {
+    let (state, _) = parts(ctx)?;
+    let p = authorize(ctx, op, Some(patient_id)).await?;
+    Ok(state.records.execute(patient_id, p.actor(), event_id, command).await?.into())
+}
+
+/// Read a patient's record: authorize `present` (or, with `as_of`, point-in-time
+/// access), wait for `min_position`, and load the chart from the read model (now) or by
+/// replaying the ledger (as of a time).
+async fn read_chart(
+    ctx: &Context<'_>,
+    present: Operation,
+    patient_id: Uuid,
+    as_of: Option<OffsetDateTime>,
+    min_position: Option<u64>,
+) -> ApiResult<Option<Chart>> {
+    let (state, _) = parts(ctx)?;
+    let op = if as_of.is_some() { Operation::PointInTime } else { present };
+    authorize(ctx, op, Some(patient_id)).await?;
+    wait_for(state, min_position).await?;
+    Ok(match as_of {
+        Some(t) => Some(projections::pit::chart_as_of(&state.store, patient_id, types::ts(t)).await?.chart),
+        None => state.read.chart(patient_id).await?,
+    })
 }

@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-use super::types::{dt, from_json, to_json, ts, Sex, Written};
+use super::types::{dt, from_json, to_json, Sex, Written};
+use super::{execute, read_chart};
 use crate::access::{authorize, may_list, parts, wait_for};
 use crate::error::ApiError;
 use crate::policy::Operation;
@@ -102,14 +103,7 @@ impl PatientQuery {
         as_of: Option<OffsetDateTime>,
         min_position: Option<u64>,
     ) -> ApiResult<Option<Patient>> {
-        let (state, _) = parts(ctx)?;
-        let op = if as_of.is_some() { Operation::PointInTime } else { Operation::ReadDemographics };
-        authorize(ctx, op, Some(patient_id)).await?;
-        wait_for(state, min_position).await?;
-        let chart = match as_of {
-            Some(t) => Some(projections::pit::chart_as_of(&state.store, patient_id, ts(t)).await?.chart),
-            None => state.read.chart(patient_id).await?,
-        };
+        let chart = read_chart(ctx, Operation::ReadDemographics, patient_id, as_of, min_position).await?;
         Ok(chart.and_then(|c| c.demographics.as_ref().map(|d| Patient::from_domain(patient_id, d))))
     }
 
@@ -186,8 +180,6 @@ impl PatientMutation {
         input: RegisterPatientInput,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let (state, _) = parts(ctx)?;
-        let p = authorize(ctx, Operation::RegisterPatient, Some(input.patient_id)).await?;
         let contact: Contact = input.contact.map(from_json).transpose()?.unwrap_or_default();
         let reg = PatientRegistered {
             patient_id: input.patient_id,
@@ -197,11 +189,8 @@ impl PatientMutation {
             sex: input.sex.into(),
             contact,
         };
-        let done = state
-            .records
-            .execute(input.patient_id, p.actor(), event_id, Command::RegisterPatient(reg))
-            .await?;
-        Ok(done.into())
+        execute(ctx, Operation::RegisterPatient, input.patient_id, event_id, Command::RegisterPatient(reg))
+            .await
     }
 
     async fn update_demographics(
