@@ -199,14 +199,17 @@ async fn graphql_ws(
 
 /// Errors raised by the GraphQL library itself (parsing, validation, limits) carry no
 /// code of ours and may quote what the client sent (a string literal in a query can be
-/// a patient's name): give them a stable code, and drop any message that quotes input.
+/// a patient's name): give them a stable code and a generic message (locations and
+/// paths stay; clients validate against the committed SDL).
 fn sanitize(errors: &mut [async_graphql::ServerError]) {
     for e in errors {
         let ours = e.extensions.as_ref().is_some_and(|x| x.get("code").is_some());
         if ours {
             continue;
         }
-        if e.message.contains('"') || e.message.contains('\'') {
+        // Parse and validation messages can quote the query text; the fixed limit
+        // messages ("Query is nested too deep.", "Query is too complex.") cannot.
+        if !e.message.starts_with("Query is") {
             e.message = "invalid request".into();
         }
         let mut ext = e.extensions.take().unwrap_or_default();

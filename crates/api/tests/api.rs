@@ -913,7 +913,7 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_lifetime_unique_names_and_deactivation() {
-    let s = server(|c, _| c.absolute_timeout = Duration::from_secs(6)).await;
+    let s = server(|c, _| c.absolute_timeout = Duration::from_secs(12)).await;
     let (_, tok) = s.user("nurse.abs", "NURSE", None).await;
     // User names are unique.
     let create = "mutation($id: UUID!, $u: String!, $e: UUID!) { createUser(userId: $id, username: $u, displayName: \"Dup\", roles: [NURSE], initialPassword: \"another initial password\", eventId: $e) { position } }";
@@ -921,6 +921,16 @@ async fn absolute_lifetime_unique_names_and_deactivation() {
         .gql(Some(&s.admin), create, json!({"id": Uuid::now_v7(), "u": "nurse.abs", "e": Uuid::now_v7()}))
         .await;
     assert_eq!(dup.err(), "staff.username_taken");
+    // An existing account cannot be re-created (which would reset its password); a
+    // retry of the same creation is answered with its result.
+    let nurse_id = s.gql(Some(&tok), "{ me { userId } }", json!({})).await.data()["me"]["userId"].clone();
+    let again =
+        s.gql(Some(&s.admin), create, json!({"id": nurse_id, "u": "nurse.other", "e": Uuid::now_v7()})).await;
+    assert_eq!(again.err(), "staff.user_exists");
+    let (rid, rev) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = s.gql(Some(&s.admin), create, json!({"id": rid, "u": "nurse.retry", "e": rev})).await;
+    let retry = s.gql(Some(&s.admin), create, json!({"id": rid, "u": "nurse.retry", "e": rev})).await;
+    assert_eq!(first.data()["createUser"]["position"], retry.data()["createUser"]["position"]);
     // Deactivation ends the user's sessions now and refuses later logins.
     let (victim, vtok) = s.user("nurse.leaving", "NURSE", None).await;
     let me = "{ me { userId } }";
@@ -935,7 +945,7 @@ async fn absolute_lifetime_unique_names_and_deactivation() {
     let own = s.gql(Some(&s.admin), deactivate, json!({"u": admin_id, "e": Uuid::now_v7()})).await;
     assert_eq!(own.err(), "staff.cannot_deactivate_self");
     // A session ends after its absolute lifetime, however active it was.
-    for _ in 0..15 {
+    for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if s.gql(Some(&tok), me, json!({})).await.code().is_some() {
             break;

@@ -85,7 +85,15 @@ impl StaffMutation {
         }
         let event = UserCreated { user_id, username: username.clone(), display_name, roles, patient_id };
         event.validate().map_err(|e| ApiError::Refused { code: e.code() })?;
-        if state.read.user(user_id).await?.is_none() && state.auth.username_taken(&username).await? {
+        if state.read.user(user_id).await?.is_some() {
+            // A retry of this very creation is answered with its result; anything else
+            // must not reset an existing account's password.
+            if state.store.event_by_id(event_id).await.map_err(ApiError::from)?.is_some() {
+                return staff_event(state, p.actor(), event_id, DomainEvent::UserCreated(event)).await;
+            }
+            return Err(ApiError::Refused { code: "staff.user_exists" });
+        }
+        if state.auth.username_taken(&username).await? {
             return Err(ApiError::Refused { code: "staff.username_taken" });
         }
         state.auth.set_credentials(user_id, &username, &initial_password, true).await?;

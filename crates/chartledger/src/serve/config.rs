@@ -19,6 +19,9 @@ pub struct Settings {
     pub bootstrap_admin: String,
     /// Log as JSON lines (for log shippers) instead of text.
     pub json_logs: bool,
+    /// Apply the migrations at start. Turn off where the server's database role is not
+    /// the schema owner and migrations run separately (deploy/README.md).
+    pub run_migrations: bool,
     pub api: ApiConfig,
 }
 
@@ -30,6 +33,7 @@ impl Default for Settings {
             origin: "chartledger.local/ledger".into(),
             bootstrap_admin: "admin".into(),
             json_logs: false,
+            run_migrations: true,
             api: ApiConfig::default(),
         }
     }
@@ -71,6 +75,9 @@ impl Settings {
         }
         if let Some(v) = var("CHARTLEDGER_JSON_LOGS") {
             s.json_logs = v == "1" || v == "true";
+        }
+        if let Some(v) = var("CHARTLEDGER_RUN_MIGRATIONS") {
+            s.run_migrations = !(v == "0" || v == "false");
         }
         if s.api.tls_cert.is_some() != s.api.tls_key.is_some() {
             anyhow::bail!("give both tls_cert and tls_key, or neither");

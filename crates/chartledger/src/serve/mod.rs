@@ -65,7 +65,11 @@ async fn run_server(settings: &Settings, url: &str, demo: bool) -> anyhow::Resul
         .await
         .context("cannot connect to the database")?;
     let key = load_or_create_key(&settings.key_path(), &settings.origin)?;
-    let config = StoreConfig { origin: settings.origin.clone(), ..StoreConfig::default() };
+    let config = StoreConfig {
+        origin: settings.origin.clone(),
+        run_migrations: settings.run_migrations,
+        ..StoreConfig::default()
+    };
     let store = EventStore::open(pool, key, config).await.context("cannot open the ledger")?;
     let projections =
         Projections::start(store.clone(), RunnerConfig::default()).await.context("projections")?;
