@@ -148,8 +148,7 @@ async fn graphql_handler(
     let ctx =
         std::sync::Arc::new(RequestCtx::new(principal, client_info(state, &headers, peer), declared_purpose));
     let loader = DataLoader::new(UserNames(state.read.clone()), tokio::spawn);
-    let mut response = h.schema.execute(req.into_inner().data(ctx.clone()).data(loader)).await;
-    sanitize(&mut response.errors);
+    let response = h.schema.execute(req.into_inner().data(ctx.clone()).data(loader)).await;
     match ctx.collector.flush(state, &ctx).await {
         Ok(n) => state.metrics.access_events(true, n),
         Err(e) => {
@@ -195,27 +194,6 @@ async fn graphql_ws(
             })
             .serve()
     })
-}
-
-/// Errors raised by the GraphQL library itself (parsing, validation, limits) carry no
-/// code of ours and may quote what the client sent (a string literal in a query can be
-/// a patient's name): give them a stable code and a generic message (locations and
-/// paths stay; clients validate against the committed SDL).
-fn sanitize(errors: &mut [async_graphql::ServerError]) {
-    for e in errors {
-        let ours = e.extensions.as_ref().is_some_and(|x| x.get("code").is_some());
-        if ours {
-            continue;
-        }
-        // Parse and validation messages can quote the query text; the fixed limit
-        // messages ("Query is nested too deep.", "Query is too complex.") cannot.
-        if !e.message.starts_with("Query is") {
-            e.message = "invalid request".into();
-        }
-        let mut ext = e.extensions.take().unwrap_or_default();
-        ext.set("code", "graphql.invalid_request");
-        e.extensions = Some(ext);
-    }
 }
 
 fn error_response(state: &AppState, started: Instant, e: ApiError) -> Response {

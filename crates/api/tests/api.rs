@@ -846,6 +846,15 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
     let (doc, dtok) = s.user("dr.ws", "PHYSICIAN", None).await;
     let (p, _) = s.register(&rtok, "Socketfamily").await;
     s.wait(s.assign(p, doc).await).await;
+    // A malformed subscription quoting a name: the library's error must not echo it.
+    let (mut bad, _) = ws::connect(&s, Some(&dtok)).await;
+    let msg = json!({"id": "9", "type": "subscribe", "payload": {"query": "subscription { chartUpdates(patientId: \"Socketphiname\" { position }"}});
+    futures::SinkExt::send(&mut bad, tokio_tungstenite::tungstenite::Message::text(msg.to_string()))
+        .await
+        .unwrap();
+    let err = ws::next(&mut bad).await;
+    assert!(!err.to_string().contains("Socketphiname"), "{err}");
+    assert!(err.to_string().contains("graphql.invalid_request"), "{err}");
     // No session, no connection.
     let (_, first) = ws::connect(&s, None).await;
     assert_ne!(first["type"], "connection_ack", "{first}");

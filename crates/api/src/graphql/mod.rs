@@ -9,6 +9,7 @@ mod care;
 mod chart;
 mod consents;
 mod patients;
+mod sanitize;
 mod staff;
 pub mod types;
 mod updates;
@@ -57,7 +58,8 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
         .limit_depth(depth)
         .limit_complexity(complexity)
         .limit_recursive_depth(32)
-        .limit_directives(8);
+        .limit_directives(8)
+        .extension(sanitize::Sanitize);
     if let Some(state) = state {
         b = b.data(state);
     }
