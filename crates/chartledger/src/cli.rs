@@ -35,6 +35,52 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Record proofs for third parties (schema/proof-format.md).
+    Proof {
+        #[command(subcommand)]
+        command: ProofCommand,
+    },
+    /// Verify a record proof bundle offline (no database, no network): print what it proves
+    /// and exit 0, or name the first failure and exit 1.
+    Verify(ProofVerifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProofCommand {
+    /// Print the proof bundle (JSON) of a clinical entry (all its versions) or of one event,
+    /// against the latest signed checkpoint.
+    Export(ProofExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProofExportArgs {
+    /// PostgreSQL connection URL of the ledger database (read only).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// The entry id (of its `entry.recorded`); needs --patient.
+    #[arg(long, requires = "patient", conflicts_with = "event", required_unless_present = "event")]
+    pub entry: Option<uuid::Uuid>,
+    /// The patient whose record holds the entry.
+    #[arg(long)]
+    pub patient: Option<uuid::Uuid>,
+    /// Prove one event instead of an entry.
+    #[arg(long, conflicts_with_all = ["entry", "patient"])]
+    pub event: Option<uuid::Uuid>,
+    /// Add a consistency proof from the stored checkpoint of this tree size.
+    #[arg(long)]
+    pub consistent_from: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProofVerifyArgs {
+    /// The proof bundle (`-` for standard input).
+    pub file: PathBuf,
+    /// A trusted key (verifier key `name+hash+base64`, as `keys generate` prints). Repeatable.
+    #[arg(long = "trusted-key")]
+    pub trusted_keys: Vec<String>,
+    /// A file of trusted keys, one per line (`#` comments and blank lines ignored).
+    #[arg(long = "trusted-keys")]
+    pub trusted_keys_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -131,6 +131,211 @@ async fn ledger_verify_reports_the_first_tampered_position() {
     assert!(err.contains("FAILED at position 7") && err.contains("verify.payload_mismatch"), "{err}");
 }
 
+// ------------------------------------------------------------------ record proofs
+
+/// Run the binary on a blocking thread (the test runtime keeps serving the database).
+fn run_blocking(args: Vec<String>, env: Vec<(String, String)>) -> Output {
+    std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_chartledger")).args(&args).envs(env).output().unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_export_from_a_real_store_verifies_offline() {
+    use store::{EventStore, ExpectedRevision, ProposedEvent, StoreConfig};
+    let db = testdb::TestDb::new().await.unwrap();
+    let signing = |seed: u8| {
+        ledger::LedgerSigningKey::new(
+            format!("proof.example/key{seed}"),
+            ed25519_dalek::SigningKey::from_bytes(&[seed; 32]),
+        )
+        .unwrap()
+    };
+    let (a, b) = (signing(11), signing(12));
+    let vkey_a = a.note_signer().unwrap().verifier().to_vkey();
+    let vkey_b = b.note_signer().unwrap().verifier().to_vkey();
+    let store = EventStore::open(db.pool().clone(), a, StoreConfig::default()).await.unwrap();
+    let patient = uuid::Uuid::now_v7();
+    let entry = uuid::Uuid::now_v7();
+    let stream = ledger::StreamId::patient(patient);
+    let other = ledger::StreamId::patient(uuid::Uuid::now_v7());
+    let append = |stream: ledger::StreamId, ty: &'static str, payload: String| {
+        let store = store.clone();
+        async move {
+            let e = ProposedEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: ledger::EventType::new(ty).unwrap(),
+                schema_version: 1,
+                actor: ledger::Actor {
+                    user_id: uuid::Uuid::from_u128(0xd0c7),
+                    role: ledger::RoleName::new("physician").unwrap(),
+                },
+                payload: payload.into_bytes(),
+            };
+            store.append(&stream, ExpectedRevision::Any, vec![e]).await.unwrap();
+        }
+    };
+    let content = r#"{"kind":"soap_note","subjective":"s","objective":"o","assessment":"a","plan":"p"}"#;
+    append(stream.clone(), "patient.registered", format!(r#"{{"patient_id":"{patient}"}}"#)).await;
+    append(
+        stream.clone(),
+        "entry.recorded",
+        format!(
+            r#"{{"entry_id":"{entry}","content":{content},"effective_at":"2026-11-23T08:15:00.000000Z"}}"#
+        ),
+    )
+    .await;
+    append(other.clone(), "entry.recorded", format!(r#"{{"entry_id":"{}"}}"#, uuid::Uuid::now_v7())).await;
+    let old = store.checkpoint_now().await.unwrap();
+    // A key rotation between the versions: the old key stays valid for what it signed.
+    store.rotate_key(b).await.unwrap();
+    append(stream.clone(), "care_team.member_added", r#"{"x":1}"#.to_owned()).await;
+    let amendment = uuid::Uuid::now_v7();
+    append(
+        stream.clone(),
+        "entry.amended",
+        format!(
+            r#"{{"amendment_id":"{amendment}","amendment_of_id":"{entry}","content":{content},"reason":"typo","effective_at":"2026-11-23T08:15:00.000000Z"}}"#
+        ),
+    )
+    .await;
+    append(
+        stream.clone(),
+        "entry.entered_in_error",
+        format!(r#"{{"entry_id":"{entry}","reason":"wrong patient"}}"#),
+    )
+    .await;
+
+    // In process: the store writes the checkpoint the events need.
+    let bundle = store.entry_proof(patient, entry).await.unwrap();
+    let trusted_b = [ledger::note::NoteVerifier::from_vkey(&vkey_b).unwrap()];
+    let v = proof::verify(&bundle, &trusted_b).unwrap();
+    assert_eq!(v.events.len(), 3);
+    assert_eq!(v.chain_len, 1);
+    let json = serde_json::to_vec(&bundle).unwrap();
+    eprintln!("entry bundle: 3 versions, ledger of {} events: {} bytes", v.checkpoint_size, json.len());
+    assert!(json.len() < 12_000, "{} bytes", json.len());
+    let ev = store.event_proof(v.events[0].event_id).await.unwrap();
+    proof::verify(&ev, &trusted_b).unwrap();
+
+    // Out of process, from the database only, then verified with no database at all.
+    let url = db.url().to_owned();
+    let env = vec![("DATABASE_URL".to_owned(), url.clone())];
+    let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let out = run_blocking(
+        args(&[
+            "proof",
+            "export",
+            "--entry",
+            &entry.to_string(),
+            "--patient",
+            &patient.to_string(),
+            "--consistent-from",
+            &old.tree_size.to_string(),
+        ]),
+        env.clone(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proof.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    let verify = |extra: &[&str]| {
+        let mut a = args(&["verify", &path]);
+        a.extend(args(extra));
+        // No DATABASE_URL: verification needs no database.
+        run_blocking(a, vec![("DATABASE_URL".to_owned(), "postgres://unused.invalid/none".to_owned())])
+    };
+    // Trusting the anchor (the retired key a): the registry carries the trust to b.
+    let ok = verify(&["--trusted-key", &vkey_a]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(stdout.contains("proof VERIFIED"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("subject:     entry {entry} of patient {patient}, 3 version(s)")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("version 3:   entry.entered_in_error"), "{stdout}");
+    assert!(stdout.contains("author:    00000000-0000-0000-0000-00000000d0c7 (physician)"), "{stdout}");
+    assert!(stdout.contains(&format!("extends:     checkpoint of size {}", old.tree_size)), "{stdout}");
+    assert!(
+        stdout.contains("signed by:   proof.example/key12 (a key of the registry anchored by a trusted key)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  signed by: proof.example/key11 (key "), "{stdout}"); // the original, before the rotation
+                                                                                    // The independent verifier (tests/proof_verifier.py, written from the format document)
+                                                                                    // agrees on the bundle exported from a real store, when python3 and `cryptography` are here.
+    let python = |vkey: &str| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/proof_verifier.py");
+        Command::new("python3").args([script, "--trusted-key", vkey, path.as_str()]).output().unwrap()
+    };
+    let has_python = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_python {
+        let out = python(&vkey_a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    } else {
+        eprintln!("SKIPPED the Python verifier: python3 with cryptography is not available");
+    }
+    // A file of trusted keys.
+    let keys = dir.path().join("trusted.txt");
+    std::fs::write(&keys, format!("# the current ledger key\n{vkey_b}\n")).unwrap();
+    let ok = verify(&["--trusted-keys", keys.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    // One altered byte of the amendment's payload: rejected, named.
+    let mut doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let payload = doc["events"][1]["payload"].as_str().unwrap().to_owned();
+    let mut raw = base64_decode(&payload);
+    raw[10] ^= 1;
+    doc["events"][1]["payload"] = base64_encode(&raw).into();
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let bad = verify(&["--trusted-key", &vkey_b]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("REJECTED at events[1]"), "{err}");
+    if has_python {
+        let out = python(&vkey_b);
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("REJECTED events[1]"));
+    }
+    // An untrusted key: rejected.
+    std::fs::write(&file, &out.stdout).unwrap();
+    let stranger = ledger::note::NoteSigner::generate("stranger.example/key", &mut rand_core::OsRng).unwrap();
+    let bad = verify(&["--trusted-key", &stranger.verifier().to_vkey()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("proof.untrusted_checkpoint"));
+    // No trusted key at all, or an unknown entry: usage error and failure.
+    assert_eq!(verify(&[]).status.code(), Some(2));
+    let missing = run_blocking(
+        args(&[
+            "proof",
+            "export",
+            "--entry",
+            &uuid::Uuid::now_v7().to_string(),
+            "--patient",
+            &patient.to_string(),
+        ]),
+        env,
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("proof.not_found"));
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
 // ------------------------------------------------------------------ serve
 
 mod serve {
@@ -561,7 +766,12 @@ mod serve {
         let dir = data_dir();
         let data = dir.path().join("data");
         let log = dir.path().join("serve.log");
-        let env = [("CHARTLEDGER_DATA_DIR", data.to_str().unwrap()), ("DATABASE_URL", db.url())];
+        // Debug logging everywhere, to check below that no record content reaches the log.
+        let env = [
+            ("CHARTLEDGER_DATA_DIR", data.to_str().unwrap()),
+            ("DATABASE_URL", db.url()),
+            ("RUST_LOG", "debug"),
+        ];
         let patients = || async {
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rm.patients")
                 .fetch_one(db.pool())
@@ -618,16 +828,20 @@ mod serve {
             .collect();
         assert!(mine.len() >= 12, "{mine:?}");
         let mut entries = 0;
+        let mut names = Vec::new();
         for patient in &mine[..3] {
             let c = gql(
                 &s.url,
                 Some(&token),
-                "query($p: UUID!) { chart(patientId: $p) { patientId entries { entryId } } }",
+                "query($p: UUID!) { chart(patientId: $p) { patientId entries { entryId } demographics { mrn name { family } } } }",
                 json!({"p": patient}),
             )
             .await;
             assert_eq!(gql_data(&c)["chart"]["patientId"].as_str(), Some(patient.as_str()));
             entries += gql_data(&c)["chart"]["entries"].as_array().unwrap().len();
+            let d = &gql_data(&c)["chart"]["demographics"];
+            names.push(d["name"]["family"].as_str().unwrap().to_owned());
+            names.push(d["mrn"].as_str().unwrap().to_owned());
         }
         assert!(entries > 0, "their patients have a history");
 
@@ -654,5 +868,12 @@ mod serve {
         assert_eq!(patients().await, 50);
         sign_in(&s.url, "demo.admin", &passwords["demo.admin"], &mut secrets).await;
         assert!(s.stop().await.success());
+        // Two full runs of the server at debug level, seeding and serving PHI: none of it
+        // (names, record numbers) is in the log, nor any password.
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.lines().count() > 20, "the log was written");
+        for secret in names.iter().chain(passwords.values()) {
+            assert!(!text.contains(secret.as_str()), "found in the server log: {secret}");
+        }
     }
 }

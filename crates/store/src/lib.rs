@@ -7,6 +7,7 @@
 //! proofs and signed checkpoints. See `ARCHITECTURE.md` for the design and invariants.
 
 pub mod error;
+pub mod proofs;
 pub mod types;
 pub mod verify;
 
