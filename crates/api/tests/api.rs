@@ -268,7 +268,7 @@ fn soap(text: &str) -> Value {
 // ------------------------------------------------------------------ the role matrix
 
 /// A request that performs `op` on patient `p` (and entry `e`), fresh ids each time.
-fn request(op: Operation, p: Uuid, e: Uuid, clinician: Uuid, someone: Uuid) -> Option<(&'static str, Value)> {
+fn request(op: Operation, p: Uuid, e: Uuid, clinician: Uuid, someone: Uuid) -> (&'static str, Value) {
     let ev = Uuid::now_v7();
     let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
         .format(&time::format_description::well_known::Rfc3339)
@@ -277,7 +277,7 @@ fn request(op: Operation, p: Uuid, e: Uuid, clinician: Uuid, someone: Uuid) -> O
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
     let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
-    Some(match op {
+    match op {
         Operation::SearchPatients => (
             "{ searchPatients(familyPrefix: \"Matrix\") { edges { node { patientId } } } }",
             json!({}),
@@ -337,9 +337,11 @@ fn request(op: Operation, p: Uuid, e: Uuid, clinician: Uuid, someone: Uuid) -> O
             "mutation($p: UUID!) { breakGlass(patientId: $p, reason: \"matrix test emergency access\") { expiresAt } }",
             json!({"p": p}),
         ),
-        // Record proofs arrive with the proofs issue (#6); the table's cell is unit-tested.
-        Operation::ReadProof => return None,
-    })
+        Operation::ReadProof => (
+            "query($p: UUID!, $i: UUID!) { entryProof(patientId: $p, entryId: $i) }",
+            json!({"p": p, "i": e}),
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +380,7 @@ async fn every_role_and_operation_is_allowed_or_denied_as_the_table_says() {
     let mut cells = 0;
     for (role, token) in sessions {
         for op in Operation::ALL {
-            let Some((query, vars)) = request(op, p, e, physician, someone) else { continue };
+            let (query, vars) = request(op, p, e, physician, someone);
             let resp = s.gql(Some(token), query, vars).await;
             let allowed = match policy::rule(role, op) {
                 Rule::Deny => false,
@@ -402,16 +404,16 @@ async fn every_role_and_operation_is_allowed_or_denied_as_the_table_says() {
             cells += 1;
         }
     }
-    assert_eq!(cells, 7 * (Operation::ALL.len() - 1));
+    assert_eq!(cells, 7 * Operation::ALL.len());
 
     // The conditions: a clinician off the care team, and a patient on another record.
     let (_, other_doc) = s.user("dr.elsewhere", "PHYSICIAN", None).await;
-    let (q, v) = request(Operation::ReadClinical, p, e, physician, someone).unwrap();
+    let (q, v) = request(Operation::ReadClinical, p, e, physician, someone);
     assert_eq!(s.gql(Some(&other_doc), q, v).await.err(), "authz.forbidden");
     let (p2, _) = s.register(&rtok, "Matrixother").await;
     s.wait(s.state.store.head().size - 1).await;
     for op in [Operation::ReadClinical, Operation::ReadConsents, Operation::ReadAccessLog] {
-        let (q, v) = request(op, p2, e, physician, someone).unwrap();
+        let (q, v) = request(op, p2, e, physician, someone);
         assert_eq!(s.gql(Some(&pttok), q, v).await.err(), "authz.forbidden", "{op:?}");
     }
 
@@ -724,6 +726,27 @@ async fn chart_history_point_in_time_and_read_your_writes() {
     assert_eq!(h.data()["entry"]["versions"].as_array().unwrap().len(), 3);
     let c = s.gql(Some(&dtok), chart, json!({"p": p, "m": pos3})).await;
     assert_eq!(c.data()["chart"]["notes"].as_array().unwrap().len(), 0);
+    // A legal team's proof of the entry: three versions, checkable offline with the
+    // ledger's public key only; asking for it is an audited export.
+    let (legal, ltok) = s.user("legal.ryw", "LEGAL", None).await;
+    let pr = s
+        .gql(
+            Some(&ltok),
+            "query($p: UUID!, $i: UUID!) { entryProof(patientId: $p, entryId: $i) }",
+            json!({"p": p, "i": entry}),
+        )
+        .await;
+    let bundle = serde_json::to_vec(&pr.data()["entryProof"]).unwrap();
+    let trusted = [s.state.store.note_verifier().unwrap()];
+    let verified = proof::verify_json(&bundle, &trusted).unwrap();
+    assert_eq!(verified.events.len(), 3);
+    let mut tampered = pr.data()["entryProof"].clone();
+    tampered["events"][0]["payload"] = json!("dGFtcGVyZWQ=");
+    assert!(proof::verify_json(&serde_json::to_vec(&tampered).unwrap(), &trusted).is_err());
+    let log = s.access_log(p).await;
+    assert!(log.iter().any(|a| a.user_id == legal
+        && a.action == domain::events::AccessAction::Export
+        && a.resources.contains(&domain::events::ResourceKind::Proof)));
     // A refused command changes nothing and says why.
     let head = s.state.store.head().size;
     let r = s

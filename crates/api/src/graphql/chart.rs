@@ -16,7 +16,7 @@ use super::consents::ConsentVersion;
 use super::patients::Patient;
 use super::types::{dt, from_json, now, to_json, ts, EntryKind, UserNames, Written};
 use super::{execute, read_chart};
-use crate::access::authorize;
+use crate::access::{authorize, parts};
 use crate::error::ApiError;
 use crate::policy::Operation;
 
@@ -198,6 +198,44 @@ impl ChartQuery {
     ) -> ApiResult<Option<Entry>> {
         let chart = read_chart(ctx, Operation::ReadHistory, patient_id, as_of, min_position).await?;
         Ok(chart.as_ref().and_then(|c| projections::pit::entry_named(c, entry_id)).map(Into::into))
+    }
+}
+
+/// A signed record proof (`schema/proof-format.md`) as JSON: every version of an entry
+/// (or one event), checkable offline with `chartledger verify` and the ledger's key.
+#[derive(Debug, Default)]
+pub struct ProofQuery;
+
+#[Object]
+impl ProofQuery {
+    /// The proof of one entry of a patient's record, all its versions (legal staff and
+    /// auditors; patients for their own record). Asking for it is an audited export.
+    async fn entry_proof(
+        &self,
+        ctx: &Context<'_>,
+        patient_id: Uuid,
+        entry_id: Uuid,
+        consistent_from: Option<u64>,
+    ) -> ApiResult<serde_json::Value> {
+        let (state, _) = parts(ctx)?;
+        authorize(ctx, Operation::ReadProof, Some(patient_id)).await?;
+        let mut bundle = state.store.entry_proof(patient_id, entry_id).await.map_err(proof_error)?;
+        if let Some(old) = consistent_from {
+            store::proofs::add_consistency(state.store.pool(), &mut bundle, old)
+                .await
+                .map_err(proof_error)?;
+        }
+        Ok(to_json(&bundle))
+    }
+}
+
+fn proof_error(e: store::proofs::ProofExportError) -> ApiError {
+    match e {
+        store::proofs::ProofExportError::NotFound => ApiError::NotFound,
+        store::proofs::ProofExportError::NoSuchCheckpoint(_) => {
+            ApiError::InvalidInput { code: "proof.no_such_checkpoint" }
+        }
+        other => ApiError::internal(other.code(), &other),
     }
 }
 

@@ -30,6 +30,7 @@ pub struct QueryRoot(
     auth::AuthQuery,
     patients::PatientQuery,
     chart::ChartQuery,
+    chart::ProofQuery,
     consents::ConsentQuery,
     care::CareQuery,
     appointments::AppointmentQuery,
