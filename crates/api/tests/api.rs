@@ -743,6 +743,15 @@ async fn chart_history_point_in_time_and_read_your_writes() {
     let mut tampered = pr.data()["entryProof"].clone();
     tampered["events"][0]["payload"] = json!("dGFtcGVyZWQ=");
     assert!(proof::verify_json(&serde_json::to_vec(&tampered).unwrap(), &trusted).is_err());
+    // One event's proof: the amendment's event.
+    let ev_id = pr.data()["entryProof"]["events"][1]["decoded"]["event_id"].clone();
+    let one = s.gql(Some(&ltok), "query($e: UUID!) { eventProof(eventId: $e) }", json!({"e": ev_id})).await;
+    let one = proof::verify_json(&serde_json::to_vec(&one.data()["eventProof"]).unwrap(), &trusted).unwrap();
+    assert_eq!(one.events.len(), 1);
+    let (_, rtok2) = s.user("desk.proof", "RECEPTIONIST", None).await;
+    let denied =
+        s.gql(Some(&rtok2), "query($e: UUID!) { eventProof(eventId: $e) }", json!({"e": ev_id})).await;
+    assert_eq!(denied.err(), "authz.forbidden");
     let log = s.access_log(p).await;
     assert!(log.iter().any(|a| a.user_id == legal
         && a.action == domain::events::AccessAction::Export

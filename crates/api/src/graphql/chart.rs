@@ -229,6 +229,26 @@ impl ProofQuery {
     }
 }
 
+/// The proof of one event (any stream: a consent, an access, a key event...).
+#[Object]
+impl EventProofQuery {
+    async fn event_proof(&self, ctx: &Context<'_>, event_id: Uuid) -> ApiResult<serde_json::Value> {
+        let (state, _) = parts(ctx)?;
+        // Decide on the record the event belongs to; an unknown id is decided on none
+        // (so the answer does not tell who may ask whether an id exists).
+        let found = state.store.event_by_id(event_id).await?;
+        let patient = found.as_ref().and_then(|r| domain::streams::patient_of(r.event.stream_id()));
+        authorize(ctx, Operation::ReadProof, patient).await?;
+        if found.is_none() {
+            return Err(ApiError::NotFound);
+        }
+        Ok(to_json(&state.store.event_proof(event_id).await.map_err(proof_error)?))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct EventProofQuery;
+
 fn proof_error(e: store::proofs::ProofExportError) -> ApiError {
     match e {
         store::proofs::ProofExportError::NotFound => ApiError::NotFound,

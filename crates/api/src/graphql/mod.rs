@@ -31,6 +31,7 @@ pub struct QueryRoot(
     patients::PatientQuery,
     chart::ChartQuery,
     chart::ProofQuery,
+    chart::EventProofQuery,
     consents::ConsentQuery,
     care::CareQuery,
     appointments::AppointmentQuery,
