@@ -3,26 +3,17 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ledger::note::NoteVerifier;
 use store::verify::{verify_ledger, VerifyOptions};
 
 use crate::cli::LedgerVerifyArgs;
 
 pub fn verify(args: &LedgerVerifyArgs) -> anyhow::Result<ExitCode> {
-    let trusted_keys = args
-        .trusted_keys
-        .iter()
-        .map(|k| NoteVerifier::from_vkey(k.trim()).map(|v| *v.verifying_key()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("invalid --trusted-key: {e}"))?;
+    let trusted_keys =
+        super::parse_trusted_keys(&args.trusted_keys)?.iter().map(|v| *v.verifying_key()).collect();
     let opts = VerifyOptions { trusted_keys, from_checkpoint: args.from_checkpoint, chunk: None };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(async {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&args.database_url)
-            .await
-            .context("cannot connect to the ledger database")?;
+        let pool = super::connect(&args.database_url, 4).await?;
         let started = std::time::Instant::now();
         let report = verify_ledger(&pool, &opts).await.context("verification could not run")?;
         anyhow::Ok((report, started.elapsed()))

@@ -14,11 +14,7 @@ const MAX_BUNDLE: u64 = ::proof::MAX_BUNDLE_LEN as u64;
 pub fn export(args: &ProofExportArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&args.database_url)
-            .await
-            .context("cannot connect to the ledger database")?;
+        let pool = super::connect(&args.database_url, 2).await?;
         let bundle = match (args.event, args.entry, args.patient) {
             (Some(event), _, _) => store::proofs::event_bundle(&pool, event).await,
             (None, Some(entry), Some(patient)) => store::proofs::entry_bundle(&pool, patient, entry).await,
@@ -55,11 +51,7 @@ fn read_limited(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn trusted_keys(args: &ProofVerifyArgs) -> anyhow::Result<Vec<NoteVerifier>> {
-    let mut keys = args
-        .trusted_keys
-        .iter()
-        .map(|k| NoteVerifier::from_vkey(k.trim()).map_err(|e| anyhow::anyhow!("invalid --trusted-key: {e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut keys = super::parse_trusted_keys(&args.trusted_keys)?;
     if let Some(path) = &args.trusted_keys_file {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
