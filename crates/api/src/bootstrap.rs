@@ -10,12 +10,20 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-/// The bootstrap administrator's one-time credentials.
-#[derive(Debug)]
+/// The bootstrap administrator's one-time credentials. (`Debug` leaves the password out.)
 pub struct Bootstrap {
     pub user_id: Uuid,
     pub username: String,
     pub password: String,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("user_id", &self.user_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A random password: 24 characters from an unambiguous alphabet (~139 bits).

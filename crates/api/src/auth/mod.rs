@@ -53,8 +53,8 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
-/// The answer to a correct password.
-#[derive(Clone, Debug)]
+/// The answer to a correct password. (`Debug` leaves the token out.)
+#[derive(Clone)]
 pub struct LoginOutcome {
     pub token: String,
     pub principal: Principal,
@@ -63,6 +63,17 @@ pub struct LoginOutcome {
     pub mfa_pending: bool,
     pub mfa_enrolled: bool,
     pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for LoginOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginOutcome")
+            .field("principal", &self.principal)
+            .field("mfa_pending", &self.mfa_pending)
+            .field("mfa_enrolled", &self.mfa_enrolled)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
