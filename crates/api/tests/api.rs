@@ -907,7 +907,15 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
     let dtok2 = s.login("dr.ws", 1).await;
     let (mut sock2, _) = ws::connect(&s, Some(&dtok2)).await;
     ws::subscribe(&mut sock2, p).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both subscriptions are live once their (audited) starts are in the access log.
+    for _ in 0..100 {
+        let starts = s.access_log(p).await.iter().filter(|a| a.user_id == doc).count();
+        if starts >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
     let r = s
         .gql(
