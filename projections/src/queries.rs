@@ -75,9 +75,8 @@ impl ReadModels {
 
     /// A patient's whole chart (current versions and full history of every entry).
     pub async fn chart(&self, patient_id: Uuid) -> Result<Option<Chart>, ProjectionError> {
-        let mut tx = self.pool.begin().await?;
-        // One snapshot for all the chart's tables.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        // One snapshot for all the chart's tables, opened in the same round trip.
+        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
         let chart = records::load_chart(&mut tx, "rm", patient_id).await?;
         tx.commit().await?;
         Ok(chart)

@@ -1,6 +1,8 @@
 //! The chart: clinical entries by section with their full version history, now or as
 //! the record stood at `asOf`; recording, amending and retracting entries.
 
+use std::sync::Arc;
+
 use async_graphql::{ComplexObject, Context, Object, SimpleObject};
 use domain::chart::{Chart, Entry as DEntry, EntryStatus, EntryVersion as DVersion};
 use domain::commands::Command;
@@ -67,26 +69,44 @@ impl From<&DVersion> for EntryVersion {
     }
 }
 
-/// A clinical entry: its current version and every earlier one.
-#[derive(SimpleObject, Clone)]
+/// A clinical entry: its current version and every earlier one. Versions are built on
+/// demand from the shared chart, so a query that asks only for ids converts no content.
+#[derive(Clone)]
 pub struct Entry {
-    pub entry_id: Uuid,
-    pub kind: EntryKind,
-    /// `active` or `entered_in_error`.
-    pub status: String,
-    pub current: Option<EntryVersion>,
-    pub versions: Vec<EntryVersion>,
+    chart: Arc<Chart>,
+    entry_id: Uuid,
+    kind: EntryKind,
+    status: &'static str,
 }
 
-impl From<&DEntry> for Entry {
-    fn from(e: &DEntry) -> Self {
-        Self {
-            entry_id: e.entry_id,
-            kind: e.kind.into(),
-            status: e.status.as_str().to_owned(),
-            current: e.current().map(Into::into),
-            versions: e.versions.iter().map(Into::into).collect(),
-        }
+impl Entry {
+    fn new(chart: &Arc<Chart>, e: &DEntry) -> Self {
+        Self { chart: chart.clone(), entry_id: e.entry_id, kind: e.kind.into(), status: e.status.as_str() }
+    }
+
+    fn entry(&self) -> Option<&DEntry> {
+        self.chart.entries.get(&self.entry_id)
+    }
+}
+
+/// A clinical entry: its current version and every earlier one.
+#[Object]
+impl Entry {
+    async fn entry_id(&self) -> Uuid {
+        self.entry_id
+    }
+    async fn kind(&self) -> EntryKind {
+        self.kind
+    }
+    /// `active` or `entered_in_error`.
+    async fn status(&self) -> &str {
+        self.status
+    }
+    async fn current(&self) -> Option<EntryVersion> {
+        self.entry().and_then(DEntry::current).map(Into::into)
+    }
+    async fn versions(&self) -> Vec<EntryVersion> {
+        self.entry().map(|e| e.versions.iter().map(Into::into).collect()).unwrap_or_default()
     }
 }
 
@@ -100,18 +120,16 @@ pub struct ChartView {
     pub revision: Option<u64>,
     /// The time asked for, when this is a point-in-time view.
     pub as_of: Option<OffsetDateTime>,
-    /// All entries (retracted ones included, with status `entered_in_error`).
-    pub entries: Vec<Entry>,
     #[graphql(skip)]
-    pub chart: Chart,
+    pub chart: Arc<Chart>,
 }
 
-fn section(chart: &Chart, kinds: &[DKind]) -> Vec<Entry> {
+fn section(chart: &Arc<Chart>, kinds: &[DKind]) -> Vec<Entry> {
     chart
         .entries
         .values()
         .filter(|e| kinds.contains(&e.kind) && e.status == EntryStatus::Active)
-        .map(Into::into)
+        .map(|e| Entry::new(chart, e))
         .collect()
 }
 
@@ -127,6 +145,10 @@ impl ChartView {
 
 #[ComplexObject]
 impl ChartView {
+    /// All entries (retracted ones included, with status `entered_in_error`).
+    async fn entries(&self) -> Vec<Entry> {
+        self.chart.entries.values().map(|e| Entry::new(&self.chart, e)).collect()
+    }
     /// Conditions (diagnoses), active entries only.
     async fn problems(&self) -> Vec<Entry> {
         section(&self.chart, &[DKind::Condition])
@@ -181,8 +203,7 @@ impl ChartQuery {
             patient_id,
             revision: chart.revision,
             as_of,
-            entries: chart.entries.values().map(Into::into).collect(),
-            chart,
+            chart: Arc::new(chart),
         }))
     }
 
@@ -197,7 +218,8 @@ impl ChartQuery {
         min_position: Option<u64>,
     ) -> ApiResult<Option<Entry>> {
         let chart = read_chart(ctx, Operation::ReadHistory, patient_id, as_of, min_position).await?;
-        Ok(chart.as_ref().and_then(|c| projections::pit::entry_named(c, entry_id)).map(Into::into))
+        let Some(chart) = chart.map(Arc::new) else { return Ok(None) };
+        Ok(projections::pit::entry_named(&chart, entry_id).map(|e| Entry::new(&chart, e)))
     }
 }
 
