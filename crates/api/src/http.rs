@@ -103,6 +103,16 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The purpose of use the client declared in `X-Purpose-Of-Use`, if any.
+fn declared_purpose(headers: &HeaderMap) -> Result<Option<PurposeOfUse>, ApiError> {
+    header_str(headers, "x-purpose-of-use")
+        .map(|v| {
+            serde_json::from_value::<PurposeOfUse>(serde_json::Value::String(v.to_owned()))
+                .map_err(|_| ApiError::InvalidInput { code: "request.bad_purpose" })
+        })
+        .transpose()
+}
+
 fn client_info(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> ClientInfo {
     let forwarded = state
         .config
@@ -136,14 +146,9 @@ async fn graphql_handler(
         Some(token) => state.auth.authenticate(token.trim()).await,
         None => Err(ApiError::Unauthenticated),
     };
-    let declared_purpose = match header_str(&headers, "x-purpose-of-use") {
-        None => None,
-        Some(v) => match serde_json::from_value::<PurposeOfUse>(serde_json::Value::String(v.to_owned())) {
-            Ok(p) => Some(p),
-            Err(_) => {
-                return error_response(state, started, ApiError::InvalidInput { code: "request.bad_purpose" })
-            }
-        },
+    let declared_purpose = match declared_purpose(&headers) {
+        Ok(p) => p,
+        Err(e) => return error_response(state, started, e),
     };
     let ctx =
         std::sync::Arc::new(RequestCtx::new(principal, client_info(state, &headers, peer), declared_purpose));
@@ -173,8 +178,11 @@ async fn graphql_ws(
 ) -> Response {
     let state = h.state.clone();
     let client = client_info(&state, &headers, peer);
-    let declared_purpose = header_str(&headers, "x-purpose-of-use")
-        .and_then(|v| serde_json::from_value::<PurposeOfUse>(serde_json::Value::String(v.to_owned())).ok());
+    // A purpose the server does not know is refused, never replaced by the role's
+    // default (which could skip a consent check the client meant to be subject to).
+    let Ok(declared_purpose) = declared_purpose(&headers) else {
+        return (StatusCode::BAD_REQUEST, "request.bad_purpose").into_response();
+    };
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
         GraphQLWebSocket::new(socket, h.schema.clone(), protocol)
             .on_connection_init(move |payload| async move {

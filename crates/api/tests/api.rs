@@ -887,6 +887,13 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
     let err = ws::next(&mut bad).await;
     assert!(!err.to_string().contains("Socketphiname"), "{err}");
     assert!(err.to_string().contains("graphql.invalid_request"), "{err}");
+    // An unknown purpose of use is refused at the upgrade, not replaced by a default.
+    let url = format!("{}/graphql/ws", s.url.replace("http://", "ws://"));
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "graphql-transport-ws".parse().unwrap());
+    req.headers_mut().insert("x-purpose-of-use", "researh".parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
     // No session, no connection.
     let (_, first) = ws::connect(&s, None).await;
     assert_ne!(first["type"], "connection_ack", "{first}");
