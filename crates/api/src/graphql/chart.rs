@@ -17,7 +17,7 @@ use super::care::CareTeamMember;
 use super::consents::ConsentVersion;
 use super::patients::Patient;
 use super::types::{dt, from_json, now, to_json, ts, EntryKind, UserNames, Written};
-use super::{execute, read_chart};
+use super::{execute, read_chart, record_op};
 use crate::access::{authorize, parts};
 use crate::error::ApiError;
 use crate::policy::Operation;
@@ -135,11 +135,7 @@ fn section(chart: &Arc<Chart>, kinds: &[DKind]) -> Vec<Entry> {
 
 impl ChartView {
     fn op(&self, present: Operation) -> Operation {
-        if self.as_of.is_some() {
-            Operation::PointInTime
-        } else {
-            present
-        }
+        record_op(present, self.as_of.is_some())
     }
 }
 

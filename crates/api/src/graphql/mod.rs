@@ -88,6 +88,16 @@ async fn execute(
     Ok(state.records.execute(patient_id, p.actor(), event_id, command).await?.into())
 }
 
+/// The operation a read of a record is decided as: `present`, or point-in-time access
+/// when it asks for the record as of an earlier time.
+fn record_op(present: Operation, point_in_time: bool) -> Operation {
+    if point_in_time {
+        Operation::PointInTime
+    } else {
+        present
+    }
+}
+
 /// Read a patient's record: authorize `present` (or, with `as_of`, point-in-time
 /// access), wait for `min_position`, and load the chart from the read model (now) or by
 /// replaying the ledger (as of a time).
@@ -99,8 +109,7 @@ async fn read_chart(
     min_position: Option<u64>,
 ) -> ApiResult<Option<Chart>> {
     let (state, _) = parts(ctx)?;
-    let op = if as_of.is_some() { Operation::PointInTime } else { present };
-    authorize(ctx, op, Some(patient_id)).await?;
+    authorize(ctx, record_op(present, as_of.is_some()), Some(patient_id)).await?;
     wait_for(state, min_position).await?;
     Ok(match as_of {
         Some(t) => Some(projections::pit::chart_as_of(&state.store, patient_id, types::ts(t)).await?.chart),

@@ -126,6 +126,9 @@ impl StaffMutation {
     ) -> ApiResult<Written> {
         let (state, _) = parts(ctx)?;
         let p = authorize(ctx, Operation::ManageStaff, None).await?;
+        if state.read.user(user_id).await?.is_none() {
+            return Err(ApiError::NotFound);
+        }
         let event = DomainEvent::RoleRevoked(RoleChanged { user_id, role: role.into() });
         let written = staff_event(state, p.actor(), event_id, event).await?;
         state.auth.revoke_user_sessions(user_id).await?;
