@@ -111,15 +111,6 @@ impl AccessCollector {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pending.lock().map(|m| m.is_empty()).unwrap_or(false)
-    }
-
-    /// Patients accessed so far (tests, metrics).
-    pub fn patients(&self) -> BTreeSet<Uuid> {
-        self.pending.lock().map(|m| m.keys().map(|(p, _)| *p).collect()).unwrap_or_default()
-    }
-
     /// Write one access event per patient and action, concurrently (the store's group
     /// commit takes them in one transaction). Any failure fails the whole request.
     pub async fn flush(&self, state: &AppState, req: &RequestCtx) -> ApiResult<usize> {
