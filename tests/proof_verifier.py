@@ -452,7 +452,7 @@ def parse_checkpoint_text(text, loc):
     if len(lines[2]) != 44:
         raise Reject(loc, "checkpoint root hash")
     root = b64(lines[2], "root hash", loc, 32)
-    time = None
+    time = keys_head = None
     for ext in lines[3:]:
         if not ext:
             raise Reject(loc, "empty extension line")
@@ -461,7 +461,13 @@ def parse_checkpoint_text(text, loc):
             if time is not None or not re.fullmatch(r"0|-?[1-9][0-9]*", value) or not -2**63 <= int(value) < 2**63:
                 raise Reject(loc, "chartledger-time")
             time = int(value)
-    return {"origin": lines[0], "size": int(lines[1]), "root": root, "root_b64": lines[2], "time": time}
+        if ext == "chartledger-keys" or ext.startswith("chartledger-keys "):
+            m = re.fullmatch(r"chartledger-keys (0|[1-9][0-9]{0,19}) ([A-Za-z0-9+/=]{44})", ext)
+            if keys_head is not None or m is None or int(m.group(1)) >= 2**64:
+                raise Reject(loc, "chartledger-keys")
+            keys_head = (int(m.group(1)), b64(m.group(2), "keys head", loc, 32))
+    return {"origin": lines[0], "size": int(lines[1]), "root": root, "root_b64": lines[2], "time": time,
+            "keys_head": keys_head}
 
 
 def open_note(note, verifiers, loc):
@@ -493,10 +499,12 @@ def registry_verifiers(trusted, registry, time):
 
 # ---------------------------------------------------------------- the bundle (proof-format §4)
 
-ITEM_MEMBERS = {"position", "envelope", "payload", "salt", "inclusion_proof", "decoded"}
+V1, V2 = "chartledger-proof/v1", "chartledger-proof/v2"
+ITEM_MEMBERS = {V1: {"position", "envelope", "payload", "salt", "inclusion_proof", "decoded"},
+                V2: {"envelope", "payload", "salt", "inclusion", "decoded"}}
 
 
-def render(e, payload):
+def render(e, payload, version):
     if payload is None:
         rendered_payload = None
     elif e["stream_id"] == "$keys" and e["event_type"] in ("key.introduced", "key.retired"):
@@ -516,14 +524,17 @@ def render(e, payload):
             rendered_payload = strict_json(payload)
         except (UnicodeDecodeError, ValueError):
             rendered_payload = {"undecodable_bytes": len(payload)}
-    return {
+    out = {
         "stream_id": e["stream_id"], "stream_revision": e["stream_revision"], "event_id": e["event_id"],
         "event_type": e["event_type"], "schema_version": e["schema_version"],
-        "recorded_at": render_time(e["recorded_at"]), "recorded_at_micros": e["recorded_at"],
+        "recorded_at": render_time(e["recorded_at"]),
         "actor_user_id": e["actor_user_id"], "actor_role": e["actor_role"],
-        "payload_commitment": e["payload_commitment"].hex(), "prev_hash": e["prev_hash"].hex(),
         "key_id": e["key_id"].hex(), "event_hash": e["hash"].hex(), "payload": rendered_payload,
     }
+    if version == V1:
+        out.update(recorded_at_micros=e["recorded_at"], payload_commitment=e["payload_commitment"].hex(),
+                   prev_hash=e["prev_hash"].hex())
+    return out
 
 
 def _no_constants(name):
@@ -548,11 +559,27 @@ def is_u64(v):
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64
 
 
-def decode_item(item, loc):
-    if not isinstance(item, dict) or set(item) != ITEM_MEMBERS or not is_u64(item["position"]):
+def decode_item(item, loc, version):
+    if not isinstance(item, dict):
         raise Reject(loc, "malformed event item")
-    if not isinstance(item["inclusion_proof"], list):
-        raise Reject(loc, "malformed inclusion proof")
+    if version == V1:
+        if set(item) != ITEM_MEMBERS[V1] or not is_u64(item["position"]) or not isinstance(
+                item["inclusion_proof"], list):
+            raise Reject(loc, "malformed event item")
+        inclusion = (item["position"], [b64(h, "inclusion proof", loc, 32) for h in item["inclusion_proof"]])
+    else:
+        # `inclusion` may be absent or null (proof-format §4 step 1).
+        if not set(item) - {"inclusion"} == ITEM_MEMBERS[V2] - {"inclusion"}:
+            raise Reject(loc, "malformed event item")
+        inc = item.get("inclusion")
+        inclusion = None
+        if inc is not None:
+            if not isinstance(inc, dict) or set(inc) != {"position", "proof"} or not is_u64(inc["position"]):
+                raise Reject(loc, "malformed inclusion")
+            path = b64(inc["proof"], "inclusion proof", loc)
+            if len(path) % 32:
+                raise Reject(loc, "inclusion proof length")
+            inclusion = (inc["position"], [path[i:i + 32] for i in range(0, len(path), 32)])
     envelope = b64(item["envelope"], "envelope", loc)
     if (item["payload"] is None) != (item["salt"] is None):
         raise Reject(loc, "payload and salt must both be present or both null")
@@ -562,17 +589,20 @@ def decode_item(item, loc):
         payload = b64(item["payload"], "payload", loc)
         if len(payload) > 1 << 20:
             raise Reject(loc, "payload too large")
-    proof = [b64(h, "inclusion proof", loc, 32) for h in item["inclusion_proof"]]
     e = decode_envelope(envelope, loc)
-    if render(e, payload) != item["decoded"]:
+    if render(e, payload, version) != item["decoded"]:
         raise Reject(loc, "rendering mismatch")
     if payload is not None and commitment(salt, payload) != e["payload_commitment"]:
         raise Reject(loc, "payload does not open the commitment")
-    e.update(payload=payload, position=item["position"], proof=proof)
+    e.update(payload=payload, inclusion=inclusion)
+    if inclusion is not None:
+        e.update(position=inclusion[0], proof=inclusion[1])
     return e
 
 
 def check_inclusion(e, cp, loc):
+    if e["inclusion"] is None:
+        return
     if e["position"] >= cp["size"]:
         raise Reject(loc, "position beyond the checkpoint")
     if root_from_inclusion(leaf_hash(e["hash"]), e["position"], cp["size"], e["proof"]) != cp["root"]:
@@ -600,7 +630,8 @@ def verify_bundle(doc, trusted):
     top = {"format", "subject", "checkpoint", "keys", "events", "chain"}
     if not isinstance(doc, dict) or not top <= set(doc) <= top | {"consistency"}:
         raise Reject("bundle", "wrong members")
-    if doc["format"] != "chartledger-proof/v1":
+    version = doc["format"]
+    if version not in (V1, V2):
         raise Reject("bundle", "unsupported format")
     for name in ("keys", "events", "chain"):
         if not isinstance(doc[name], list):
@@ -614,31 +645,47 @@ def verify_bundle(doc, trusted):
 
     # Step 2.
     c = doc["checkpoint"]
-    if not isinstance(c, dict) or set(c) != {"note", "origin", "size", "root_hash", "time"} or not isinstance(
+    required = {"note", "origin", "size", "root_hash"}
+    optional = {"time"} if version == V1 else {"time", "keys_head"}
+    if not isinstance(c, dict) or not required <= set(c) <= required | optional or not isinstance(
             c["note"], str):
         raise Reject("checkpoint", "malformed checkpoint member")
     text, _ = parse_note(c["note"], "checkpoint")
     cp = parse_checkpoint_text(text, "checkpoint")
     rendering = {"note": c["note"], "origin": cp["origin"], "size": cp["size"], "root_hash": cp["root_b64"],
                  "time": None if cp["time"] is None else render_time(cp["time"])}
-    if rendering != c:
+    head = cp["keys_head"] if version == V2 else None
+    if version == V2:
+        rendering["keys_head"] = None if head is None else {"revision": head[0], "event_hash": head[1].hex()}
+    if rendering != {k: c.get(k) for k in required | optional}:
         raise Reject("checkpoint", "rendering mismatch")
+    if version == V2:
+        # Which items carry an inclusion proof (proof-format §1).
+        for name, proven in (("events", len(doc["events"]) - 1),
+                             ("keys", len(doc["keys"]) - 1 if head is None else None)):
+            for i, item in enumerate(doc[name]):
+                if (isinstance(item, dict) and item.get("inclusion") is not None) != (i == proven):
+                    raise Reject(f"{name}[{i}]", "inclusion proof missing or misplaced")
 
     # Step 3.
     registry = Registry()
     last_pos = None
     for i, item in enumerate(doc["keys"]):
         loc = f"keys[{i}]"
-        e = decode_item(item, loc)
+        e = decode_item(item, loc, version)
         if e["stream_id"] != "$keys" or e["stream_revision"] != i:
             raise Reject(loc, "not $keys at this revision")
         if e["payload"] is None:
             raise Reject(loc, "$keys payload missing")
         registry.apply(e, e["payload"], loc)
-        if last_pos is not None and e["position"] <= last_pos:
-            raise Reject(loc, "positions not increasing")
-        last_pos = e["position"]
+        if e["inclusion"] is not None:
+            if last_pos is not None and e["position"] <= last_pos:
+                raise Reject(loc, "positions not increasing")
+            last_pos = e["position"]
         check_inclusion(e, cp, loc)
+        last_key = (e["stream_revision"], e["hash"])
+    if head is not None and last_key != head:
+        raise Reject(f"keys[{len(doc['keys']) - 1}]", "registry does not end at the checkpoint's keys head")
 
     # Step 4.
     anchor_pk = registry.keys[registry.anchor]["public_key"] if registry.anchor else None
@@ -650,7 +697,7 @@ def verify_bundle(doc, trusted):
     events = []
     for i, item in enumerate(doc["events"]):
         loc = f"events[{i}]"
-        e = decode_item(item, loc)
+        e = decode_item(item, loc, version)
         if events and e["stream_id"] != events[-1]["stream_id"]:
             raise Reject(loc, "events of different streams")
         if events and e["stream_revision"] <= events[-1]["stream_revision"]:

@@ -41,6 +41,17 @@
 //! that is exactly `chartledger-time` or starts with `chartledger-time ` is
 //! this extension; at most one may be present
 //! ([`Checkpoint::timestamp_micros`]).
+//!
+//! # Chartledger key-registry head extension
+//!
+//! `chartledger-keys <revision> <event hash>` names the last event of the `$keys` stream
+//! among the checkpoint's `size` events: its stream revision (canonical decimal `u64`, as
+//! the tree size) and its event hash (44 characters of canonical standard base64, as the
+//! root hash). It lets a proof bundle show that its key registry is complete as of the
+//! checkpoint, and spares the registry events an inclusion proof each (they hash-link to
+//! that head). Any line that is exactly `chartledger-keys` or starts with
+//! `chartledger-keys ` is this extension; at most one may be present
+//! ([`Checkpoint::keys_head`]).
 
 use base64::Engine as _;
 
@@ -48,6 +59,8 @@ use crate::note::{self, NoteError, NoteSigner, NoteVerifier, VerifiedNote, MAX_N
 
 /// Key word of the Chartledger timestamp extension line.
 pub const TIMESTAMP_EXTENSION: &str = "chartledger-time";
+/// Key word of the Chartledger key-registry head extension line.
+pub const KEYS_HEAD_EXTENSION: &str = "chartledger-keys";
 
 /// Errors from building, parsing, signing and opening checkpoints.
 ///
@@ -80,6 +93,9 @@ pub enum CheckpointError {
     /// The `chartledger-time` extension is malformed or repeated.
     #[error("invalid chartledger-time extension")]
     InvalidTimestamp,
+    /// The `chartledger-keys` extension is malformed or repeated.
+    #[error("invalid chartledger-keys extension")]
+    InvalidKeysHead,
 }
 
 impl CheckpointError {
@@ -96,6 +112,7 @@ impl CheckpointError {
             CheckpointError::InvalidRootHash => "checkpoint.invalid_root_hash",
             CheckpointError::InvalidExtension => "checkpoint.invalid_extension",
             CheckpointError::InvalidTimestamp => "checkpoint.invalid_timestamp",
+            CheckpointError::InvalidKeysHead => "checkpoint.invalid_keys_head",
         }
     }
 }
@@ -149,9 +166,16 @@ fn parse_root_hash(line: &str) -> Result<[u8; 32], CheckpointError> {
     raw.as_slice().try_into().map_err(|_| CheckpointError::InvalidRootHash)
 }
 
+fn is_extension(line: &str, word: &str) -> bool {
+    line == word || line.strip_prefix(word).is_some_and(|rest| rest.starts_with(' '))
+}
+
 fn is_timestamp_line(line: &str) -> bool {
-    line == TIMESTAMP_EXTENSION
-        || line.strip_prefix(TIMESTAMP_EXTENSION).is_some_and(|rest| rest.starts_with(' '))
+    is_extension(line, TIMESTAMP_EXTENSION)
+}
+
+fn is_keys_head_line(line: &str) -> bool {
+    is_extension(line, KEYS_HEAD_EXTENSION)
 }
 
 fn parse_canonical_i64(s: &str) -> Option<i64> {
@@ -263,6 +287,40 @@ impl Checkpoint {
                 .and_then(parse_canonical_i64)
                 .ok_or(CheckpointError::InvalidTimestamp)?;
             found = Some(value);
+        }
+        Ok(found)
+    }
+
+    /// Sets the `chartledger-keys <revision> <event hash>` extension: removes any
+    /// existing `chartledger-keys` lines and appends one.
+    #[must_use]
+    pub fn with_keys_head(mut self, revision: u64, event_hash: &[u8; 32]) -> Self {
+        self.extensions.retain(|l| !is_keys_head_line(l));
+        self.extensions
+            .push(format!("{KEYS_HEAD_EXTENSION} {revision} {}", STRICT_BASE64.encode(event_hash)));
+        self
+    }
+
+    /// The `chartledger-keys` extension value (revision and event hash of the last
+    /// `$keys` event in the tree): `Ok(None)` if absent, an error if it is repeated or
+    /// malformed.
+    pub fn keys_head(&self) -> Result<Option<(u64, [u8; 32])>, CheckpointError> {
+        let mut found = None;
+        for line in self.extensions.iter().filter(|l| is_keys_head_line(l)) {
+            if found.is_some() {
+                return Err(CheckpointError::InvalidKeysHead);
+            }
+            let mut parts = line
+                .strip_prefix(KEYS_HEAD_EXTENSION)
+                .and_then(|r| r.strip_prefix(' '))
+                .ok_or(CheckpointError::InvalidKeysHead)?
+                .split(' ');
+            let (Some(rev), Some(hash), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(CheckpointError::InvalidKeysHead);
+            };
+            let rev = parse_size(rev).map_err(|_| CheckpointError::InvalidKeysHead)?;
+            let hash = parse_root_hash(hash).map_err(|_| CheckpointError::InvalidKeysHead)?;
+            found = Some((rev, hash));
         }
         Ok(found)
     }
@@ -542,6 +600,42 @@ mod tests {
         let mut c = sample();
         c.extensions = vec!["chartledger-time 1".into(), "chartledger-time 1".into()];
         assert_eq!(c.timestamp_micros(), Err(CheckpointError::InvalidTimestamp));
+    }
+
+    #[test]
+    fn keys_head_extension() {
+        let h = [7u8; 32];
+        assert_eq!(sample().keys_head(), Ok(None));
+        let c = sample().with_timestamp_micros(3).with_keys_head(1, &[1; 32]).with_keys_head(4, &h);
+        assert_eq!(c.extensions.len(), 2);
+        let back = Checkpoint::parse(&c.to_note_text().unwrap()).unwrap();
+        assert_eq!(back.keys_head(), Ok(Some((4, h))));
+        assert_eq!(back.timestamp_micros(), Ok(Some(3)));
+        let good_hash = STRICT_BASE64.encode(h);
+        for bad in [
+            "chartledger-keys".to_owned(),
+            "chartledger-keys ".to_owned(),
+            format!("chartledger-keys 01 {good_hash}"),
+            format!("chartledger-keys -1 {good_hash}"),
+            format!("chartledger-keys 1  {good_hash}"),
+            format!("chartledger-keys 1 {good_hash} "),
+            format!("chartledger-keys 1 {good_hash} x"),
+            format!("chartledger-keys 1 {}", &good_hash[..43]),
+            "chartledger-keys 1 BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwf=".to_owned(),
+            "chartledger-keys 1".to_owned(),
+        ] {
+            let mut c = sample();
+            c.extensions = vec![bad.clone()];
+            assert_eq!(c.keys_head(), Err(CheckpointError::InvalidKeysHead), "{bad:?}");
+        }
+        let mut c = sample();
+        c.extensions =
+            vec![format!("chartledger-keys 1 {good_hash}"), format!("chartledger-keys 1 {good_hash}")];
+        assert_eq!(c.keys_head(), Err(CheckpointError::InvalidKeysHead));
+        // A different word that merely starts alike is another extension.
+        let mut c = sample();
+        c.extensions = vec!["chartledger-keyset 1".into()];
+        assert_eq!(c.keys_head(), Ok(None));
     }
 
     proptest! {

@@ -3,7 +3,8 @@
 //! signed events; the other leaves are stand-in hashes (a proof only sees their subtree
 //! hashes). Assembly here is from memory: generation from PostgreSQL adds its queries.
 //!
-//! `cargo bench -p proof` (release). Prints one line per size.
+//! `cargo bench -p proof` (release). Prints one line per size; `PROOF_BENCH_DUMP=<dir>`
+//! also writes each bundle there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -102,6 +103,7 @@ fn main() {
         }
         let note = Checkpoint::new("bench.example/ledger", size, tree.root())
             .with_timestamp_micros(10_000)
+            .with_keys_head(0, anchor.hash())
             .sign(&[&key.note_signer().unwrap()])
             .unwrap();
         let trusted = [key.note_signer().unwrap().verifier()];
@@ -109,15 +111,23 @@ fn main() {
         let assemble = || {
             let pairs: Vec<_> = stream.iter().map(|(_, e, p)| (e, Some(p))).collect();
             let sel = Selection::entry_versions(&pairs, entry);
-            let item = |pos: u64, e: &SignedEvent, p: &Payload| {
-                proof::event_item(pos, e, Some(p), &tree.inclusion_proof(pos, size).unwrap())
-            };
+            // As the store assembles it: the checkpoint names the `$keys` head, so only the
+            // last version carries an inclusion proof.
+            let last = sel.events.last().copied();
             let bundle = ProofBundle {
-                format: proof::FORMAT_V1.to_owned(),
+                format: proof::FORMAT_V2.to_owned(),
                 subject: Subject::Entry { patient_id: patient, entry_id: entry },
                 checkpoint: proof::checkpoint_item(&note).unwrap(),
-                keys: vec![item(0, &anchor, &anchor_payload)],
-                events: sel.events.iter().map(|&i| item(stream[i].0, &stream[i].1, &stream[i].2)).collect(),
+                keys: vec![proof::event_item(&anchor, Some(&anchor_payload), None)],
+                events: sel
+                    .events
+                    .iter()
+                    .map(|&i| {
+                        let (pos, e, p) = &stream[i];
+                        let path = (Some(i) == last).then(|| tree.inclusion_proof(*pos, size).unwrap());
+                        proof::event_item(e, Some(p), path.as_deref().map(|h| (*pos, h)))
+                    })
+                    .collect(),
                 chain: Vec::new(),
                 consistency: None,
             };
@@ -125,6 +135,9 @@ fn main() {
         };
         let json = assemble();
         proof::verify_json(&json, &trusted).unwrap();
+        if let Ok(dir) = std::env::var("PROOF_BENCH_DUMP") {
+            std::fs::write(std::path::Path::new(&dir).join(format!("bundle-{size}.json")), &json).unwrap();
+        }
         let runs = 200;
         let gen: Vec<Duration> = (0..runs)
             .map(|_| {

@@ -26,8 +26,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// The `format` string of version 1.
+/// The `format` string of version 1 (still verified; no longer produced).
 pub const FORMAT_V1: &str = "chartledger-proof/v1";
+/// The `format` string of version 2, the one [`ProofBundle`] and the assembly helpers
+/// produce.
+pub const FORMAT_V2: &str = "chartledger-proof/v2";
 /// The largest bundle [`verify_json`] parses.
 pub const MAX_BUNDLE_LEN: usize = 16 << 20;
 
@@ -43,8 +46,9 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 
 // ------------------------------------------------------------------ the document
 
-/// A proof bundle (`schema/proof-format.md` section 1). Byte fields are kept as their
-/// base64 text: [`verify`] decodes them strictly.
+/// A proof bundle, version 2 (`schema/proof-format.md` section 1). Byte fields are kept
+/// as their base64 text: [`verify`] decodes them strictly. Version 1 bundles are parsed
+/// by [`parse_json`] into their own types (section 8).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProofBundle {
@@ -77,18 +81,88 @@ pub struct CheckpointItem {
     pub size: u64,
     pub root_hash: String,
     pub time: Option<String>,
+    /// The `chartledger-keys` extension: the last `$keys` event in the checkpoint's tree.
+    pub keys_head: Option<KeysHead>,
 }
 
-/// One event with its opening, inclusion proof and rendering.
+/// Rendering of the checkpoint's `chartledger-keys` extension.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysHead {
+    pub revision: u64,
+    /// Hex of the event hash.
+    pub event_hash: String,
+}
+
+/// One event with its opening, rendering and (for the one event of its list that needs
+/// it) inclusion proof.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventItem {
-    pub position: u64,
     pub envelope: String,
     pub payload: Option<String>,
     pub salt: Option<String>,
-    pub inclusion_proof: Vec<String>,
+    pub inclusion: Option<Inclusion>,
     pub decoded: Value,
+}
+
+/// An RFC 9162 inclusion proof: the leaf index and the audit path, its hashes
+/// concatenated into one base64 string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inclusion {
+    pub position: u64,
+    pub proof: String,
+}
+
+/// Version 1 documents (`schema/proof-format.md` section 8): parsed and verified, never
+/// produced.
+pub mod v1 {
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    use super::{ConsistencyItem, Subject};
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ProofBundle {
+        pub format: String,
+        pub subject: Subject,
+        pub checkpoint: CheckpointItem,
+        pub keys: Vec<EventItem>,
+        pub events: Vec<EventItem>,
+        pub chain: Vec<String>,
+        #[serde(default)]
+        pub consistency: Option<ConsistencyItem>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CheckpointItem {
+        pub note: String,
+        pub origin: String,
+        pub size: u64,
+        pub root_hash: String,
+        pub time: Option<String>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EventItem {
+        pub position: u64,
+        pub envelope: String,
+        pub payload: Option<String>,
+        pub salt: Option<String>,
+        pub inclusion_proof: Vec<String>,
+        pub decoded: Value,
+    }
+}
+
+/// A parsed bundle of either version.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyBundle {
+    V1(v1::ProofBundle),
+    V2(ProofBundle),
 }
 
 /// An RFC 9162 consistency proof from an older checkpoint.
@@ -149,6 +223,10 @@ pub enum ErrorKind {
     Position,
     #[error("inclusion proof does not lead to the checkpoint: {0}")]
     Inclusion(MerkleError),
+    #[error("an inclusion proof is missing, or present where none belongs")]
+    InclusionPlacement,
+    #[error("the key registry does not end at the checkpoint's registry head")]
+    KeysHead,
     #[error("checkpoint is not signed by a trusted key")]
     UntrustedCheckpoint,
     #[error("checkpoint: {0}")]
@@ -176,7 +254,8 @@ impl ErrorKind {
             Self::PayloadOpening => "proof.payload_opening",
             Self::WrongStream => "proof.wrong_stream",
             Self::Position => "proof.position",
-            Self::Inclusion(_) => "proof.inclusion",
+            Self::Inclusion(_) | Self::InclusionPlacement => "proof.inclusion",
+            Self::KeysHead => "proof.keys_head",
             Self::UntrustedCheckpoint => "proof.untrusted_checkpoint",
             Self::Checkpoint(CheckpointError::Note(NoteError::UnverifiedNote)) => {
                 "proof.untrusted_checkpoint"
@@ -258,25 +337,40 @@ fn render_payload(event: &SignedEvent, payload: Option<&Payload>) -> Value {
     json!({ "undecodable_bytes": p.bytes().len() })
 }
 
+/// The format version a document follows (they differ in renderings and in which items
+/// carry inclusion proofs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    V1,
+    V2,
+}
+
 /// The `decoded` rendering of an event (`schema/proof-format.md` section 3).
 pub fn render_event(event: &SignedEvent, payload: Option<&Payload>) -> Value {
+    render_event_as(event, payload, Version::V2)
+}
+
+fn render_event_as(event: &SignedEvent, payload: Option<&Payload>, version: Version) -> Value {
     let b = event.body();
-    json!({
+    let mut v = json!({
         "stream_id": b.stream_id.as_str(),
         "stream_revision": b.stream_revision,
         "event_id": b.event_id.hyphenated().to_string(),
         "event_type": b.event_type.as_str(),
         "schema_version": b.schema_version,
         "recorded_at": render_time(b.recorded_at),
-        "recorded_at_micros": b.recorded_at.as_micros(),
         "actor_user_id": b.actor.user_id.hyphenated().to_string(),
         "actor_role": b.actor.role.as_str(),
-        "payload_commitment": hex::encode(b.payload_commitment),
-        "prev_hash": hex::encode(b.prev_hash),
         "key_id": b.key_id.to_hex(),
         "event_hash": hex::encode(event.hash()),
         "payload": render_payload(event, payload),
-    })
+    });
+    if let (Version::V1, Some(m)) = (version, v.as_object_mut()) {
+        m.insert("recorded_at_micros".into(), b.recorded_at.as_micros().into());
+        m.insert("payload_commitment".into(), hex::encode(b.payload_commitment).into());
+        m.insert("prev_hash".into(), hex::encode(b.prev_hash).into());
+    }
+    v
 }
 
 fn render_checkpoint(note: &str, cp: &Checkpoint) -> Result<CheckpointItem, CheckpointError> {
@@ -286,26 +380,31 @@ fn render_checkpoint(note: &str, cp: &Checkpoint) -> Result<CheckpointItem, Chec
         size: cp.size,
         root_hash: B64.encode(cp.root_hash),
         time: cp.timestamp_micros()?.map(|t| render_time(Timestamp::from_micros(t))),
+        keys_head: cp.keys_head()?.map(|(revision, h)| KeysHead { revision, event_hash: hex::encode(h) }),
     })
 }
 
 // ------------------------------------------------------------------ assembly helpers
 
-/// The bundle item of an event at `position`, with its inclusion proof.
+/// The bundle item of an event, with its inclusion proof (leaf index and audit path) when
+/// it is the one item of its list that carries one (section 1).
 pub fn event_item(
-    position: u64,
     event: &SignedEvent,
     payload: Option<&Payload>,
-    inclusion_proof: &[Hash],
+    inclusion: Option<(u64, &[Hash])>,
 ) -> EventItem {
     EventItem {
-        position,
         envelope: B64.encode(event.to_bytes()),
         payload: payload.map(|p| B64.encode(p.bytes())),
         salt: payload.map(|p| B64.encode(p.salt())),
-        inclusion_proof: encode_hashes(inclusion_proof),
+        inclusion: inclusion.map(|(position, path)| Inclusion { position, proof: encode_path(path) }),
         decoded: render_event(event, payload),
     }
+}
+
+/// An audit path as bundles carry it: the hashes concatenated, in base64.
+pub fn encode_path(hashes: &[Hash]) -> String {
+    B64.encode(hashes.concat())
 }
 
 /// The checkpoint member for a signed checkpoint note (not verified here).
@@ -314,7 +413,7 @@ pub fn checkpoint_item(note: &str) -> Result<CheckpointItem, ProofError> {
     render_checkpoint(note, &cp).map_err(|e| err(Location::Checkpoint, ErrorKind::Checkpoint(e)))
 }
 
-/// The base64 of each hash, as bundles carry proofs.
+/// The base64 of each hash, as bundles carry consistency proofs.
 pub fn encode_hashes(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(|h| B64.encode(h)).collect()
 }
@@ -396,7 +495,9 @@ impl Selection {
 /// One verified event of the subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedEvent {
-    pub position: u64,
+    /// Its global position, when the bundle proves its inclusion directly; `None` for the
+    /// earlier versions, proven by the hash links to the last one.
+    pub position: Option<u64>,
     pub event_id: Uuid,
     pub stream_id: String,
     pub stream_revision: u64,
@@ -425,6 +526,8 @@ pub enum Trust {
 /// What a bundle proves.
 #[derive(Clone, Debug)]
 pub struct Verified {
+    /// The bundle's `format`.
+    pub format: &'static str,
     pub subject: Subject,
     pub origin: String,
     pub checkpoint_size: u64,
@@ -439,22 +542,37 @@ pub struct Verified {
     pub chain_len: usize,
     /// The key registry the bundle proves.
     pub keys: Vec<KeyRecord>,
+    /// The checkpoint names the registry's head, so `keys` is the whole registry as of
+    /// the checkpoint (section 4, step 3).
+    pub keys_complete: bool,
     /// Size and root of the older checkpoint this one is proven consistent with.
     pub consistent_with: Option<(u64, Hash)>,
 }
 
 /// Parse a bundle from JSON (at most [`MAX_BUNDLE_LEN`] bytes) and verify it.
 pub fn verify_json(bytes: &[u8], trusted: &[NoteVerifier]) -> Result<Verified, ProofError> {
-    verify(&parse_json(bytes)?, trusted)
+    verify_any(&parse_json(bytes)?, trusted)
 }
 
-/// Parse a bundle (step 1's JSON shape; base64 is checked by [`verify`]).
-pub fn parse_json(bytes: &[u8]) -> Result<ProofBundle, ProofError> {
+/// Parse a bundle of either version (step 1's JSON shape; base64 is checked by
+/// [`verify`]). The `format` member chooses the version.
+pub fn parse_json(bytes: &[u8]) -> Result<AnyBundle, ProofError> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: String,
+    }
     if bytes.len() > MAX_BUNDLE_LEN {
         return Err(err(Location::Bundle, ErrorKind::TooLarge));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| err(Location::Bundle, ErrorKind::Malformed { line: e.line(), column: e.column() }))
+    let malformed = |e: serde_json::Error| {
+        err(Location::Bundle, ErrorKind::Malformed { line: e.line(), column: e.column() })
+    };
+    let Format { format } = serde_json::from_slice(bytes).map_err(malformed)?;
+    match format.as_str() {
+        FORMAT_V2 => serde_json::from_slice(bytes).map(AnyBundle::V2).map_err(malformed),
+        FORMAT_V1 => serde_json::from_slice(bytes).map(AnyBundle::V1).map_err(malformed),
+        _ => Err(err(Location::Bundle, ErrorKind::UnsupportedFormat)),
+    }
 }
 
 fn b64(s: &str, field: &'static str, at: Location) -> Result<Vec<u8>, ProofError> {
@@ -475,17 +593,124 @@ fn parse_checkpoint(note: &str, at: Location) -> Result<Checkpoint, ProofError> 
     Checkpoint::parse(parsed.text()).map_err(|e| err(at, ErrorKind::Checkpoint(e)))
 }
 
+/// An audit path as a document spells it.
+#[derive(Clone, Copy)]
+enum PathRef<'a> {
+    /// Version 1: one base64 string per hash.
+    List(&'a [String]),
+    /// Version 2: the hashes concatenated, one base64 string.
+    Packed(&'a str),
+}
+
+/// An event item of either version.
+struct ItemRef<'a> {
+    envelope: &'a str,
+    payload: Option<&'a str>,
+    salt: Option<&'a str>,
+    inclusion: Option<(u64, PathRef<'a>)>,
+    decoded: &'a Value,
+}
+
+impl<'a> From<&'a EventItem> for ItemRef<'a> {
+    fn from(i: &'a EventItem) -> Self {
+        ItemRef {
+            envelope: &i.envelope,
+            payload: i.payload.as_deref(),
+            salt: i.salt.as_deref(),
+            inclusion: i.inclusion.as_ref().map(|c| (c.position, PathRef::Packed(&c.proof))),
+            decoded: &i.decoded,
+        }
+    }
+}
+
+impl<'a> From<&'a v1::EventItem> for ItemRef<'a> {
+    fn from(i: &'a v1::EventItem) -> Self {
+        ItemRef {
+            envelope: &i.envelope,
+            payload: i.payload.as_deref(),
+            salt: i.salt.as_deref(),
+            inclusion: Some((i.position, PathRef::List(&i.inclusion_proof))),
+            decoded: &i.decoded,
+        }
+    }
+}
+
+/// A document of either version, as the verifier reads it.
+struct Doc<'a> {
+    version: Version,
+    format: &'a str,
+    subject: &'a Subject,
+    note: &'a str,
+    /// Does the document's checkpoint member equal this rendering?
+    checkpoint_matches: Box<dyn Fn(&CheckpointItem) -> bool + 'a>,
+    keys: Vec<ItemRef<'a>>,
+    events: Vec<ItemRef<'a>>,
+    chain: &'a [String],
+    consistency: Option<&'a ConsistencyItem>,
+}
+
+impl<'a> Doc<'a> {
+    fn v2(b: &'a ProofBundle) -> Self {
+        Doc {
+            version: Version::V2,
+            format: &b.format,
+            subject: &b.subject,
+            note: &b.checkpoint.note,
+            checkpoint_matches: Box::new(move |r| *r == b.checkpoint),
+            keys: b.keys.iter().map(ItemRef::from).collect(),
+            events: b.events.iter().map(ItemRef::from).collect(),
+            chain: &b.chain,
+            consistency: b.consistency.as_ref(),
+        }
+    }
+
+    fn v1(b: &'a v1::ProofBundle) -> Self {
+        let c = &b.checkpoint;
+        Doc {
+            version: Version::V1,
+            format: &b.format,
+            subject: &b.subject,
+            note: &c.note,
+            // Version 1 renders no registry head.
+            checkpoint_matches: Box::new(move |r| {
+                r.note == c.note
+                    && r.origin == c.origin
+                    && r.size == c.size
+                    && r.root_hash == c.root_hash
+                    && r.time == c.time
+            }),
+            keys: b.keys.iter().map(ItemRef::from).collect(),
+            events: b.events.iter().map(ItemRef::from).collect(),
+            chain: &b.chain,
+            consistency: b.consistency.as_ref(),
+        }
+    }
+}
+
 /// A decoded, opened, rendering-checked event item (signature and inclusion not yet checked).
 struct Decoded {
     event: SignedEvent,
     payload: Option<Payload>,
-    position: u64,
-    proof: Vec<Hash>,
+    inclusion: Option<(u64, Vec<Hash>)>,
 }
 
-fn decode_item(item: &EventItem, at: Location) -> Result<Decoded, ProofError> {
-    let envelope = b64(&item.envelope, "envelope", at)?;
-    let payload = match (&item.payload, &item.salt) {
+fn decode_path(path: PathRef<'_>, at: Location) -> Result<Vec<Hash>, ProofError> {
+    const FIELD: &str = "inclusion proof";
+    match path {
+        PathRef::List(l) => decode_hashes(l, FIELD, at),
+        PathRef::Packed(s) => {
+            let bytes = b64(s, FIELD, at)?;
+            if bytes.len() % 32 != 0 {
+                return Err(err(at, ErrorKind::InvalidBase64(FIELD)));
+            }
+            Ok(bytes.chunks_exact(32).filter_map(|c| c.try_into().ok()).collect())
+        }
+    }
+}
+
+fn decode_item(item: &ItemRef<'_>, version: Version, at: Location) -> Result<Decoded, ProofError> {
+    let envelope = b64(item.envelope, "envelope", at)?;
+    let payload = match (item.payload, item.salt) {
         (Some(p), Some(s)) => {
             let salt = b64_32(s, "salt", at)?;
             let bytes = b64(p, "payload", at)?;
@@ -494,23 +719,27 @@ fn decode_item(item: &EventItem, at: Location) -> Result<Decoded, ProofError> {
         (None, None) => None,
         _ => return Err(err(at, ErrorKind::PayloadOpening)),
     };
-    let proof = decode_hashes(&item.inclusion_proof, "inclusion_proof", at)?;
+    let inclusion = match item.inclusion {
+        Some((position, path)) => Some((position, decode_path(path, at)?)),
+        None => None,
+    };
     let event = SignedEvent::from_bytes(&envelope).map_err(|e| err(at, ErrorKind::Ledger(e)))?;
-    if render_event(&event, payload.as_ref()) != item.decoded {
+    if render_event_as(&event, payload.as_ref(), version) != *item.decoded {
         return Err(err(at, ErrorKind::RenderingMismatch));
     }
     if let Some(p) = &payload {
         event.check_payload(p).map_err(|e| err(at, ErrorKind::Ledger(e)))?;
     }
-    Ok(Decoded { event, payload, position: item.position, proof })
+    Ok(Decoded { event, payload, inclusion })
 }
 
 fn check_inclusion(d: &Decoded, cp: &Checkpoint, at: Location) -> Result<(), ProofError> {
-    if d.position >= cp.size {
+    let Some((position, path)) = &d.inclusion else { return Ok(()) };
+    if *position >= cp.size {
         return Err(err(at, ErrorKind::Position));
     }
     let leaf = merkle::leaf_hash(d.event.hash());
-    merkle::verify_inclusion(&leaf, d.position, cp.size, &d.proof, &cp.root_hash)
+    merkle::verify_inclusion(&leaf, *position, cp.size, path, &cp.root_hash)
         .map_err(|e| err(at, ErrorKind::Inclusion(e)))
 }
 
@@ -564,56 +793,101 @@ fn open_checkpoint(
     Ok((cp, verified.verified_by, if direct { Trust::Direct } else { Trust::Anchored }))
 }
 
-/// Verify a bundle against trusted keys: `schema/proof-format.md` section 4, step by
-/// step. Returns what is proven, or the first failure.
+/// Verify a version 2 bundle against trusted keys: `schema/proof-format.md` section 4,
+/// step by step. Returns what is proven, or the first failure.
 pub fn verify(bundle: &ProofBundle, trusted: &[NoteVerifier]) -> Result<Verified, ProofError> {
+    verify_doc(&Doc::v2(bundle), trusted)
+}
+
+/// Verify a bundle of either version.
+pub fn verify_any(bundle: &AnyBundle, trusted: &[NoteVerifier]) -> Result<Verified, ProofError> {
+    match bundle {
+        AnyBundle::V1(b) => verify_doc(&Doc::v1(b), trusted),
+        AnyBundle::V2(b) => verify(b, trusted),
+    }
+}
+
+/// Version 2: which item of a list carries the inclusion proof (section 1).
+fn check_placement(
+    items: &[ItemRef<'_>],
+    proven: Option<usize>,
+    at: fn(usize) -> Location,
+) -> Result<(), ProofError> {
+    for (i, item) in items.iter().enumerate() {
+        if item.inclusion.is_some() != (Some(i) == proven) {
+            return Err(err(at(i), ErrorKind::InclusionPlacement));
+        }
+    }
+    Ok(())
+}
+
+fn verify_doc(doc: &Doc<'_>, trusted: &[NoteVerifier]) -> Result<Verified, ProofError> {
     // Step 1 (the JSON shape was checked by the parser).
-    if bundle.format != FORMAT_V1 {
+    let format = match doc.version {
+        Version::V1 => FORMAT_V1,
+        Version::V2 => FORMAT_V2,
+    };
+    if doc.format != format {
         return Err(err(Location::Bundle, ErrorKind::UnsupportedFormat));
     }
-    if bundle.keys.is_empty() || bundle.events.is_empty() {
+    if doc.keys.is_empty() || doc.events.is_empty() {
         return Err(err(Location::Bundle, ErrorKind::Empty));
     }
 
     // Step 2: the checkpoint text and its rendering.
     let cp_at = Location::Checkpoint;
-    let cp = parse_checkpoint(&bundle.checkpoint.note, cp_at)?;
-    let rendering =
-        render_checkpoint(&bundle.checkpoint.note, &cp).map_err(|e| err(cp_at, ErrorKind::Checkpoint(e)))?;
-    if rendering != bundle.checkpoint {
+    let cp = parse_checkpoint(doc.note, cp_at)?;
+    let rendering = render_checkpoint(doc.note, &cp).map_err(|e| err(cp_at, ErrorKind::Checkpoint(e)))?;
+    if !(doc.checkpoint_matches)(&rendering) {
         return Err(err(cp_at, ErrorKind::RenderingMismatch));
+    }
+    // Version 1 ignores the registry head (its bundles predate it).
+    let keys_head = match doc.version {
+        Version::V1 => None,
+        Version::V2 => cp.keys_head().map_err(|e| err(cp_at, ErrorKind::Checkpoint(e)))?,
+    };
+    if doc.version == Version::V2 {
+        let last_key = doc.keys.len() - 1;
+        check_placement(&doc.keys, keys_head.is_none().then_some(last_key), Location::Keys)?;
+        check_placement(&doc.events, Some(doc.events.len() - 1), Location::Events)?;
     }
 
     // Step 3: the key registry.
     let mut registry = KeyRegistry::new();
     let mut last_position = None;
-    for (i, item) in bundle.keys.iter().enumerate() {
+    let mut last_key = None;
+    for (i, item) in doc.keys.iter().enumerate() {
         let at = Location::Keys(i);
-        let d = decode_item(item, at)?;
+        let d = decode_item(item, doc.version, at)?;
         if d.event.stream_id().as_str() != StreamId::KEYS || d.event.stream_revision() != i as u64 {
             return Err(err(at, ErrorKind::WrongStream));
         }
         let payload = d.payload.as_ref().ok_or(err(at, ErrorKind::PayloadOpening))?;
         registry.apply(&d.event, payload).map_err(|e| err(at, ErrorKind::Ledger(e)))?;
-        if last_position.is_some_and(|p| d.position <= p) {
-            return Err(err(at, ErrorKind::Position));
+        if let Some((position, _)) = d.inclusion {
+            if last_position.is_some_and(|p| position <= p) {
+                return Err(err(at, ErrorKind::Position));
+            }
+            last_position = Some(position);
         }
-        last_position = Some(d.position);
         check_inclusion(&d, &cp, at)?;
+        last_key = Some((d.event.stream_revision(), *d.event.hash()));
+    }
+    if keys_head.is_some() && last_key != keys_head {
+        return Err(err(Location::Keys(doc.keys.len() - 1), ErrorKind::KeysHead));
     }
 
     // Step 4: the checkpoint signature.
     let anchored =
         registry.anchor().is_some_and(|a| trusted.iter().any(|t| t.verifying_key() == &a.public_key));
-    let (_, signed_by, trust) =
-        open_checkpoint(&bundle.checkpoint.note, trusted, &registry, anchored, cp_at)?;
+    let (_, signed_by, trust) = open_checkpoint(doc.note, trusted, &registry, anchored, cp_at)?;
 
     // Step 5: the subject's events.
-    let mut events: Vec<Decoded> = Vec::with_capacity(bundle.events.len());
-    let mut verified_events = Vec::with_capacity(bundle.events.len());
-    for (i, item) in bundle.events.iter().enumerate() {
+    let mut events: Vec<Decoded> = Vec::with_capacity(doc.events.len());
+    let mut verified_events = Vec::with_capacity(doc.events.len());
+    for (i, item) in doc.events.iter().enumerate() {
         let at = Location::Events(i);
-        let d = decode_item(item, at)?;
+        let d = decode_item(item, doc.version, at)?;
         if let Some(prev) = events.last() {
             if prev.event.stream_id() != d.event.stream_id() {
                 return Err(err(at, ErrorKind::WrongStream));
@@ -626,7 +900,7 @@ pub fn verify(bundle: &ProofBundle, trusted: &[NoteVerifier]) -> Result<Verified
         check_inclusion(&d, &cp, at)?;
         let b = d.event.body();
         verified_events.push(VerifiedEvent {
-            position: d.position,
+            position: d.inclusion.as_ref().map(|(p, _)| *p),
             event_id: b.event_id,
             stream_id: b.stream_id.as_str().to_owned(),
             stream_revision: b.stream_revision,
@@ -643,20 +917,21 @@ pub fn verify(bundle: &ProofBundle, trusted: &[NoteVerifier]) -> Result<Verified
     }
 
     // Step 6: the stream chain.
-    check_chain(bundle, &events, &registry)?;
+    check_chain(doc.chain, &events, &registry)?;
 
     // Step 7: the subject.
-    check_subject(&bundle.subject, &events)?;
+    check_subject(doc.subject, &events)?;
 
     // Step 8: consistency with an older checkpoint.
-    let consistent_with = match &bundle.consistency {
+    let consistent_with = match doc.consistency {
         None => None,
         // The registry is trusted now (step 4 passed): its keys may sign the old checkpoint.
         Some(c) => Some(check_consistency(c, &cp, trusted, &registry)?),
     };
 
     Ok(Verified {
-        subject: bundle.subject.clone(),
+        format,
+        subject: doc.subject.clone(),
         origin: cp.origin.clone(),
         checkpoint_size: cp.size,
         checkpoint_root: cp.root_hash,
@@ -664,20 +939,21 @@ pub fn verify(bundle: &ProofBundle, trusted: &[NoteVerifier]) -> Result<Verified
         signed_by,
         trust,
         events: verified_events,
-        chain_len: bundle.chain.len(),
+        chain_len: doc.chain.len(),
         keys: registry.keys().cloned().collect(),
+        keys_complete: keys_head.is_some(),
         consistent_with,
     })
 }
 
-fn check_chain(bundle: &ProofBundle, events: &[Decoded], registry: &KeyRegistry) -> Result<(), ProofError> {
+fn check_chain(chain_items: &[String], events: &[Decoded], registry: &KeyRegistry) -> Result<(), ProofError> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(());
     };
     let stream = first.event.stream_id();
     let (lo, hi) = (first.event.stream_revision(), last.event.stream_revision());
-    let mut chain = Vec::with_capacity(bundle.chain.len());
-    for (i, b) in bundle.chain.iter().enumerate() {
+    let mut chain = Vec::with_capacity(chain_items.len());
+    for (i, b) in chain_items.iter().enumerate() {
         let at = Location::Chain(i);
         let bytes = b64(b, "chain", at)?;
         let e = SignedEvent::from_bytes(&bytes).map_err(|e| err(at, ErrorKind::Ledger(e)))?;

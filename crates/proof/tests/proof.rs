@@ -150,16 +150,32 @@ impl Ledger {
         self.push(e, Some(payload))
     }
 
+    /// A checkpoint as the store writes it: with the `$keys` head among its events.
     fn checkpoint(&self, size: u64, signer: &LedgerSigningKey, time: i64) -> String {
+        let keys = self.stream_positions(StreamId::KEYS);
+        let head = keys.iter().rfind(|&&p| p < size).map(|&p| &self.log[p as usize].0);
+        let cp = Checkpoint::new(ORIGIN, size, self.tree.root_at(size).unwrap()).with_timestamp_micros(time);
+        let cp = match head {
+            Some(e) => cp.with_keys_head(e.stream_revision(), e.hash()),
+            None => cp,
+        };
+        cp.sign(&[&signer.note_signer().unwrap()]).unwrap()
+    }
+
+    /// A checkpoint without the `$keys` head (as written before it existed).
+    fn checkpoint_without_keys_head(&self, size: u64, signer: &LedgerSigningKey, time: i64) -> String {
         Checkpoint::new(ORIGIN, size, self.tree.root_at(size).unwrap())
             .with_timestamp_micros(time)
             .sign(&[&signer.note_signer().unwrap()])
             .unwrap()
     }
 
-    fn item(&self, pos: u64, size: u64) -> proof::EventItem {
+    /// The item of the event at `pos`, with its inclusion proof in a tree of `size` when
+    /// `proven`.
+    fn item(&self, pos: u64, size: u64, proven: bool) -> proof::EventItem {
         let (e, p) = &self.log[pos as usize];
-        proof::event_item(pos, e, p.as_ref(), &self.tree.inclusion_proof(pos, size).unwrap())
+        let path = self.tree.inclusion_proof(pos, size).unwrap();
+        proof::event_item(e, p.as_ref(), proven.then_some((pos, path.as_slice())))
     }
 
     /// Positions of a stream's events, in revision order.
@@ -171,23 +187,26 @@ impl Ledger {
 
     fn bundle(&self, subject: Subject, note: &str, sel: &Selection, stream: &[u64]) -> ProofBundle {
         let cp = proof::checkpoint_item(note).unwrap();
-        let keys = self
-            .stream_positions(StreamId::KEYS)
-            .into_iter()
-            .filter(|&p| p < cp.size)
-            .map(|p| self.item(p, cp.size))
-            .collect();
+        let keys: Vec<u64> =
+            self.stream_positions(StreamId::KEYS).into_iter().filter(|&p| p < cp.size).collect();
+        // Only the last key event needs a proof, and none when the checkpoint names the head.
+        let last_key = if cp.keys_head.is_some() { None } else { keys.last().copied() };
+        let last_event = sel.events.last().copied();
         ProofBundle {
-            format: proof::FORMAT_V1.to_owned(),
+            format: proof::FORMAT_V2.to_owned(),
             subject,
-            events: sel.events.iter().map(|&i| self.item(stream[i], cp.size)).collect(),
+            events: sel
+                .events
+                .iter()
+                .map(|&i| self.item(stream[i], cp.size, Some(i) == last_event))
+                .collect(),
             chain: sel
                 .chain
                 .iter()
                 .map(|&i| proof::encode_bytes(&self.log[stream[i] as usize].0.to_bytes()))
                 .collect(),
+            keys: keys.iter().map(|&p| self.item(p, cp.size, Some(p) == last_key)).collect(),
             checkpoint: cp,
-            keys,
             consistency: None,
         }
     }
@@ -285,8 +304,9 @@ fn an_entry_bundle_verifies_and_reports_its_versions() {
     assert_eq!(v.events[1].key_name, f.b.name());
     assert_eq!(v.events[0].actor_role, "physician");
     assert_eq!(v.keys.len(), 2);
-    // Size: a few kilobytes.
-    assert!(json.len() < 12_000, "{} bytes", json.len());
+    // Size: a few kilobytes (2 key events, 3 versions, 2 linking envelopes, a consistency
+    // proof).
+    assert!(json.len() < 10_000, "{} bytes", json.len());
 }
 
 #[test]
@@ -357,8 +377,17 @@ fn wrong_subjects_and_missing_links_are_rejected() {
     assert_eq!(proof::verify(&b, &t).unwrap_err().code(), "proof.subject");
     // Unknown format, unknown member.
     let mut b = good.clone();
-    b.format = "chartledger-proof/v2".into();
+    b.format = "chartledger-proof/v3".into();
     assert_eq!(proof::verify(&b, &t).unwrap_err().code(), "proof.unsupported_format");
+    let e = proof::verify_json(&serde_json::to_vec(&b).unwrap(), &t).unwrap_err();
+    assert_eq!(e.code(), "proof.unsupported_format");
+    // A v2 document labelled v1 is not a v1 document.
+    b.format = proof::FORMAT_V1.into();
+    assert_eq!(proof::verify(&b, &t).unwrap_err().code(), "proof.unsupported_format");
+    assert_eq!(
+        proof::verify_json(&serde_json::to_vec(&b).unwrap(), &t).unwrap_err().code(),
+        "proof.malformed"
+    );
     let mut json: serde_json::Value = serde_json::to_value(&good).unwrap();
     json["extra"] = 1.into();
     let e = proof::verify_json(&serde_json::to_vec(&json).unwrap(), &t).unwrap_err();
@@ -402,10 +431,124 @@ fn a_compromise_retirement_invalidates_later_signatures_of_the_leaked_key() {
         proof::verify(&l.event_bundle(forged, &note), &t).unwrap_err().code(),
         "ledger.key_not_valid_at"
     );
-    // Leaving the retirement out of the bundle is exactly what a bundle cannot detect
-    // (schema/proof-format.md, "What a bundle does not prove"); with it, it is caught.
     let b2 = l.entry_bundle(PATIENT, ENTRY, &note);
     assert_eq!(proof::verify(&b2, &t).unwrap_err().code(), "ledger.key_not_valid_at");
+
+    // Leaving the retirement out of the bundle: the checkpoint names the registry head
+    // (revision 2, the retirement), so a registry that ends before it is refused.
+    let mut hidden = l.event_bundle(forged, &note);
+    hidden.keys.pop();
+    let e = proof::verify(&hidden, &t).unwrap_err();
+    assert_eq!((e.code(), e.location), ("proof.keys_head", proof::Location::Keys(1)), "{e}");
+    // Proving the shortened registry's last event instead does not help: with a head in
+    // the checkpoint no key event may carry a proof of its own.
+    let old = l.checkpoint_without_keys_head(l.tree.size(), &b, 5_000);
+    let size = l.tree.size();
+    hidden.keys[1].inclusion = l.item(3, size, true).inclusion;
+    assert_eq!(proof::verify(&hidden, &t).unwrap_err().code(), "proof.inclusion");
+    // Against a checkpoint without the head (written before it existed), the omission is
+    // exactly what a bundle cannot detect (schema/proof-format.md, "What a bundle does not
+    // prove").
+    hidden.checkpoint = proof::checkpoint_item(&old).unwrap();
+    let v = proof::verify(&hidden, &t).unwrap();
+    assert!(!v.keys_complete);
+    let mut whole = l.event_bundle(forged, &old);
+    assert_eq!(proof::verify(&whole, &t).unwrap_err().code(), "ledger.key_not_valid_at");
+    whole.keys.pop();
+    whole.keys[1].inclusion = l.item(3, size, true).inclusion;
+    proof::verify(&whole, &t).unwrap();
+}
+
+/// Version 2 puts an inclusion proof on exactly one item per list (none on `keys` when
+/// the checkpoint names the registry head); any other placement is refused.
+#[test]
+fn inclusion_proofs_sit_where_the_format_puts_them() {
+    let f = fixture();
+    let good = f.ledger.entry_bundle(PATIENT, ENTRY, &f.note);
+    let t = [vkey(&f.b)];
+    let v = proof::verify(&good, &t).unwrap();
+    assert!(v.keys_complete);
+    assert_eq!(v.events.iter().map(|e| e.position.is_some()).collect::<Vec<_>>(), [false, false, true]);
+    let size = f.ledger.tree.size();
+    let stream = f.ledger.stream_positions(StreamId::patient(PATIENT).as_str());
+    // A proof on an earlier version (a valid one, even).
+    let mut b = good.clone();
+    b.events[0].inclusion = f.ledger.item(stream[1], size, true).inclusion;
+    let e = proof::verify(&b, &t).unwrap_err();
+    assert_eq!((e.code(), e.location), ("proof.inclusion", proof::Location::Events(0)), "{e}");
+    // None on the last.
+    let mut b = good.clone();
+    b.events[2].inclusion = None;
+    assert_eq!(proof::verify(&b, &t).unwrap_err().code(), "proof.inclusion");
+    // One on a key event although the checkpoint names the head.
+    let mut b = good.clone();
+    b.keys[0].inclusion = f.ledger.item(0, size, true).inclusion;
+    assert_eq!(proof::verify(&b, &t).unwrap_err().code(), "proof.inclusion");
+    // Without the head in the checkpoint, the last key event must carry one.
+    let old = f.ledger.checkpoint_without_keys_head(size, &f.b, 8_000);
+    let plain = f.ledger.entry_bundle(PATIENT, ENTRY, &old);
+    assert!(plain.keys.last().unwrap().inclusion.is_some());
+    assert!(!proof::verify(&plain, &t).unwrap().keys_complete);
+    let mut b = plain.clone();
+    b.keys.last_mut().unwrap().inclusion = None;
+    assert_eq!(proof::verify(&b, &t).unwrap_err().code(), "proof.inclusion");
+    // A packed path whose length is not a multiple of 32 bytes.
+    let mut b = good.clone();
+    let inc = b.events[2].inclusion.as_mut().unwrap();
+    let mut path = b64d(&inc.proof);
+    path.pop();
+    inc.proof = base64::engine::general_purpose::STANDARD.encode(path);
+    assert_eq!(proof::verify(&b, &t).unwrap_err().code(), "proof.invalid_base64");
+}
+
+// ------------------------------------------------------------------ version 1
+
+/// `schema/vectors/proof-v1.json`: a version 1 bundle kept so that v1 keeps verifying.
+fn v1_vector() -> (serde_json::Value, Vec<NoteVerifier>) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schema/vectors/proof-v1.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let keys = doc["trusted_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| NoteVerifier::from_vkey(k.as_str().unwrap()).unwrap())
+        .collect();
+    (doc["bundle"].clone(), keys)
+}
+
+#[test]
+fn version_1_bundles_keep_verifying() {
+    let (bundle, trusted) = v1_vector();
+    let json = serde_json::to_vec(&bundle).unwrap();
+    let v = proof::verify_json(&json, &trusted).unwrap();
+    assert_eq!(v.format, proof::FORMAT_V1);
+    assert!(!v.keys_complete);
+    assert_eq!(v.events.len(), 3);
+    assert!(v.events.iter().all(|e| e.position.is_some()));
+    assert!(v.consistent_with.is_some());
+    // Every single-byte change of the document is refused or changes nothing.
+    let parsed = proof::parse_json(&json).unwrap();
+    let mut refused = 0;
+    for at in 0..json.len() {
+        let mut bad = json.clone();
+        bad[at] ^= 0x01;
+        match proof::parse_json(&bad) {
+            Err(_) => refused += 1,
+            Ok(p) if p == parsed => {}
+            Ok(p) => {
+                assert!(proof::verify_any(&p, &trusted).is_err(), "v1 byte {at} accepted");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > json.len() / 2, "{refused}");
+    // v1 item members in a v2 document (and the reverse) are malformed.
+    let mut mixed = bundle.clone();
+    mixed["format"] = proof::FORMAT_V2.into();
+    assert_eq!(
+        proof::verify_json(&serde_json::to_vec(&mixed).unwrap(), &trusted).unwrap_err().code(),
+        "proof.malformed"
+    );
 }
 
 // ------------------------------------------------------------------ consistency
@@ -496,12 +639,14 @@ fn byte_fields(b: &ProofBundle) -> Vec<Field> {
                     }),
                 ));
             }
-            for (j, h) in it.inclusion_proof.iter().enumerate() {
+            if let Some(inc) = &it.inclusion {
                 out.push((
-                    format!("{name}[{i}].inclusion_proof[{j}]"),
-                    b64d(h),
+                    format!("{name}[{i}].inclusion.proof"),
+                    b64d(&inc.proof),
                     Box::new(move |bb: &mut ProofBundle, v: &[u8]| {
-                        pick(bb, list, i).inclusion_proof[j] = enc(v);
+                        if let Some(inc) = pick(bb, list, i).inclusion.as_mut() {
+                            inc.proof = enc(v);
+                        }
                         true
                     }),
                 ));
@@ -621,8 +766,8 @@ fn every_single_byte_alteration_of_the_json_is_rejected_or_changes_nothing() {
         bad[at] ^= 0x20; // case flips, and everything else that bit touches
         match proof::parse_json(&bad) {
             Err(_) => {}
-            Ok(parsed) if parsed == good => {} // e.g. the case of a hex digit in a UUID
-            Ok(parsed) => assert!(proof::verify(&parsed, &trusted).is_err(), "JSON byte {at} accepted"),
+            Ok(proof::AnyBundle::V2(parsed)) if parsed == good => {} // e.g. the case of a hex digit in a UUID
+            Ok(parsed) => assert!(proof::verify_any(&parsed, &trusted).is_err(), "JSON byte {at} accepted"),
         }
     }
 }
@@ -667,6 +812,15 @@ fn python_verifier() -> Option<std::path::PathBuf> {
 
 /// Run the Python verifier on bundles; its verdict (true = verified) for each.
 fn python_verdicts(script: &std::path::Path, trusted: &[NoteVerifier], bundles: &[ProofBundle]) -> Vec<bool> {
+    let docs: Vec<Vec<u8>> = bundles.iter().map(|b| serde_json::to_vec(b).unwrap()).collect();
+    python_verdicts_json(script, trusted, &docs)
+}
+
+fn python_verdicts_json(
+    script: &std::path::Path,
+    trusted: &[NoteVerifier],
+    bundles: &[Vec<u8>],
+) -> Vec<bool> {
     let dir = std::env::temp_dir().join(format!("proof-py-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut args: Vec<String> = vec![script.to_str().unwrap().to_owned()];
@@ -676,7 +830,7 @@ fn python_verdicts(script: &std::path::Path, trusted: &[NoteVerifier], bundles: 
     }
     for (i, b) in bundles.iter().enumerate() {
         let path = dir.join(format!("{i}.json"));
-        std::fs::write(&path, serde_json::to_vec(b).unwrap()).unwrap();
+        std::fs::write(&path, b).unwrap();
         args.push(path.to_str().unwrap().to_owned());
     }
     let out = std::process::Command::new("python3").args(&args).output().unwrap();
@@ -744,13 +898,45 @@ fn the_independent_python_verifier_agrees() {
     b.events[1].decoded["actor_role"] = "nurse".into();
     rejected.push(b);
     let mut b = good.clone();
-    b.keys.remove(1); // (dropping the *last* ones is undetectable: see proof-format.md)
+    b.keys.remove(1);
     rejected.push(b);
-    for b in &rejected[rejected.len() - 4..] {
+    let mut b = good.clone();
+    b.keys.pop(); // the checkpoint names the registry head
+    rejected.push(b);
+    let mut b = good.clone();
+    b.events[2].inclusion = None;
+    rejected.push(b);
+    let mut b = good.clone();
+    b.events[0].inclusion = b.events[2].inclusion.clone();
+    rejected.push(b);
+    let mut b = good.clone();
+    b.keys[0].inclusion = b.events[2].inclusion.clone();
+    rejected.push(b);
+    for b in &rejected[rejected.len() - 8..] {
         assert!(proof::verify(b, &anchored).is_err());
     }
     let verdicts = python_verdicts(&script, &anchored, &rejected);
     let accepted_by_python: Vec<usize> = (0..verdicts.len()).filter(|&i| verdicts[i]).collect();
     assert!(accepted_by_python.is_empty(), "python accepted altered bundles {accepted_by_python:?}");
     assert!(rejected.len() > 700, "{}", rejected.len());
+
+    // Version 1: the kept bundle verifies; altered copies do not.
+    let (v1, v1_keys) = v1_vector();
+    let mut docs = vec![serde_json::to_vec(&v1).unwrap()];
+    let mut alter = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut d = v1.clone();
+        f(&mut d);
+        assert!(proof::verify_json(&serde_json::to_vec(&d).unwrap(), &v1_keys).is_err());
+        docs.push(serde_json::to_vec(&d).unwrap());
+    };
+    alter(&|d| d["events"][1]["decoded"]["prev_hash"] = "00".into());
+    alter(&|d| d["events"][0]["position"] = 1.into());
+    alter(&|d| d["keys"][1]["inclusion_proof"].as_array_mut().unwrap().clear());
+    alter(&|d| {
+        d["events"][2]["decoded"].as_object_mut().unwrap().remove("recorded_at_micros").map(drop).unwrap()
+    });
+    alter(&|d| d["format"] = proof::FORMAT_V2.into());
+    let verdicts = python_verdicts_json(&script, &v1_keys, &docs);
+    assert!(verdicts[0], "python rejected the v1 vector");
+    assert!(verdicts[1..].iter().all(|v| !v), "python accepted an altered v1 bundle: {verdicts:?}");
 }

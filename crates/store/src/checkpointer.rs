@@ -87,9 +87,14 @@ pub(crate) async fn write(
     head: Head,
 ) -> Result<StoredCheckpoint, StoreError> {
     let micros = now_micros();
-    let cp =
+    let mut cp =
         Checkpoint { origin: origin.to_owned(), size: head.size, root_hash: head.root, extensions: vec![] }
             .with_timestamp_micros(micros);
+    // The registry head among the checkpoint's events (all committed: the head only moves
+    // past committed positions), so proofs can show their `$keys` is complete.
+    if let Some((revision, hash)) = keys_head(pool, head.size).await? {
+        cp = cp.with_keys_head(revision, &hash);
+    }
     let signer = key.note_signer()?;
     let note = cp
         .sign(&[&signer])
@@ -108,6 +113,24 @@ pub(crate) async fn write(
     get(pool, head.size)
         .await?
         .ok_or(StoreError::Corrupt { position: head.size, reason: "checkpoint vanished" })
+}
+
+/// Revision and event hash of the last `$keys` event before position `size`.
+pub(crate) async fn keys_head(pool: &PgPool, size: u64) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+    let row = sqlx::query(
+        "SELECT stream_revision, event_hash FROM ledger_events \
+         WHERE stream_id = $1 AND position < $2 ORDER BY stream_revision DESC LIMIT 1",
+    )
+    .bind(ledger::StreamId::KEYS)
+    .bind(size as i64)
+    .fetch_optional(pool)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let revision: i64 = r.try_get("stream_revision")?;
+    let hash: Vec<u8> = r.try_get("event_hash")?;
+    let hash =
+        hash.try_into().map_err(|_| StoreError::Corrupt { position: size, reason: "event hash length" })?;
+    Ok(Some((revision as u64, hash)))
 }
 
 fn decode(r: &sqlx::postgres::PgRow) -> Result<StoredCheckpoint, StoreError> {

@@ -111,7 +111,9 @@ fn missing(size: u64) -> ProofExportError {
 }
 
 /// Prove `selection` of `stream` (one stream's events in revision order) and the whole
-/// `$keys` stream against the latest checkpoint.
+/// `$keys` stream against the latest checkpoint (format v2: one inclusion proof for the
+/// last subject event, and one for the last key event only when the checkpoint does not
+/// name the registry head).
 async fn assemble(
     pool: &PgPool,
     subject: Subject,
@@ -131,13 +133,16 @@ async fn assemble(
         }
     };
     let size = cp.tree_size;
+    let checkpoint = proof::checkpoint_item(&cp.note).map_err(ProofExportError::Checkpoint)?;
     let keys: Vec<RecordedEvent> =
         stream_events(pool, &StreamId::keys()).await?.into_iter().filter(|r| r.position < size).collect();
     let subject_events: Vec<&RecordedEvent> =
         selection.events.iter().filter_map(|&i| stream.get(i)).collect();
 
-    // Every node of every inclusion proof, with one query.
-    let proven: Vec<&RecordedEvent> = keys.iter().chain(subject_events.iter().copied()).collect();
+    // Only the last event of each list needs an inclusion proof (the others hash-link to
+    // it), and no key event when the checkpoint names the registry head.
+    let last_key = if checkpoint.keys_head.is_some() { None } else { keys.last() };
+    let proven: Vec<&RecordedEvent> = last_key.into_iter().chain(subject_events.last().copied()).collect();
     let plans = proven
         .iter()
         .map(|r| merkle::inclusion_plan(r.position, size).map_err(|_| missing(size)))
@@ -146,12 +151,16 @@ async fn assemble(
     ids.sort_unstable();
     ids.dedup();
     let nodes: HashMap<NodeId, Hash> = nodes::fetch_nodes(pool, &ids).await?;
-    let mut items = Vec::with_capacity(proven.len());
+    let mut paths: HashMap<u64, Vec<Hash>> = HashMap::new();
     for (r, plan) in proven.iter().zip(&plans) {
-        let path = plan.assemble(|n| nodes.get(&n).copied()).map_err(|_| missing(size))?;
-        items.push(proof::event_item(r.position, &r.event, r.payload.as_ref(), &path));
+        paths.insert(r.position, plan.assemble(|n| nodes.get(&n).copied()).map_err(|_| missing(size))?);
     }
-    let events = items.split_off(keys.len());
+    let item = |r: &RecordedEvent| {
+        let path = paths.get(&r.position).map(|p| (r.position, p.as_slice()));
+        proof::event_item(&r.event, r.payload.as_ref(), path)
+    };
+    let keys_items = keys.iter().map(item).collect();
+    let events = subject_events.iter().map(|r| item(r)).collect();
     let chain = selection
         .chain
         .iter()
@@ -159,10 +168,10 @@ async fn assemble(
         .map(|r| proof::encode_bytes(&r.event.to_bytes()))
         .collect();
     Ok(ProofBundle {
-        format: proof::FORMAT_V1.to_owned(),
+        format: proof::FORMAT_V2.to_owned(),
         subject,
-        checkpoint: proof::checkpoint_item(&cp.note).map_err(ProofExportError::Checkpoint)?,
-        keys: items,
+        checkpoint,
+        keys: keys_items,
         events,
         chain,
         consistency: None,

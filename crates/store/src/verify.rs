@@ -59,6 +59,8 @@ pub enum FailureKind {
     CheckpointSignature { tree_size: u64 },
     /// A checkpoint's root differs from the root recomputed from the events.
     CheckpointRootMismatch { tree_size: u64 },
+    /// A checkpoint's `chartledger-keys` extension is not the last `$keys` event before it.
+    CheckpointKeysHead { tree_size: u64 },
 }
 
 impl FailureKind {
@@ -80,6 +82,7 @@ impl FailureKind {
             Self::UntrustedKeys => "verify.untrusted_keys",
             Self::CheckpointSignature { .. } => "verify.checkpoint_signature",
             Self::CheckpointRootMismatch { .. } => "verify.checkpoint_root_mismatch",
+            Self::CheckpointKeysHead { .. } => "verify.checkpoint_keys_head",
         }
     }
 }
@@ -106,6 +109,9 @@ impl fmt::Display for FailureKind {
             }
             Self::CheckpointRootMismatch { tree_size } => {
                 write!(f, "checkpoint of size {tree_size}: root differs from the events")
+            }
+            Self::CheckpointKeysHead { tree_size } => {
+                write!(f, "checkpoint of size {tree_size}: names another key registry head")
             }
         }
     }
@@ -179,7 +185,7 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
     let mut failures: Vec<Failure> = Vec::new();
 
     // 1. The key registry, folded and verified on its own.
-    let (registry, registry_failure) = fold_registry(pool).await?;
+    let (registry, keys_heads, registry_failure) = fold_registry(pool).await?;
     if let Some(f) = registry_failure {
         failures.push(f);
     }
@@ -201,6 +207,17 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
         match Checkpoint::open(cp.note.as_bytes(), &verifiers) {
             Ok((c, _)) if c.size == cp.tree_size && c.root_hash == cp.root_hash => {
                 checkpoints.insert(cp.tree_size, cp.root_hash);
+                // The registry head it names (if any) must be the last `$keys` event below it.
+                let actual =
+                    keys_heads.iter().rev().find(|(pos, _, _)| *pos < c.size).map(|(_, r, h)| (*r, *h));
+                match c.keys_head() {
+                    Ok(None) => {}
+                    Ok(Some(named)) if Some(named) == actual => {}
+                    _ => failures.push(Failure {
+                        position: cp.tree_size.saturating_sub(1),
+                        kind: FailureKind::CheckpointKeysHead { tree_size: cp.tree_size },
+                    }),
+                }
                 if !trust_established && Checkpoint::open(cp.note.as_bytes(), &trusted_verifiers).is_ok() {
                     trust_established = true;
                 }
@@ -419,7 +436,10 @@ async fn predecessor(pool: &PgPool, ev: &SignedEvent, start: u64) -> Result<Opti
 }
 
 /// Fold `$keys`, reporting (not returning) the first registry failure.
-async fn fold_registry(pool: &PgPool) -> Result<(KeyRegistry, Option<Failure>), StoreError> {
+/// `$keys` events' (position, revision, event hash), in order, as far as they applied.
+type KeysHeads = Vec<(u64, u64, Hash)>;
+
+async fn fold_registry(pool: &PgPool) -> Result<(KeyRegistry, KeysHeads, Option<Failure>), StoreError> {
     let rows = sqlx::query(
         "SELECT e.position, e.envelope, p.salt, p.payload FROM ledger_events e \
          LEFT JOIN ledger_payloads p ON p.position = e.position WHERE e.stream_id = $1 ORDER BY e.position",
@@ -428,13 +448,14 @@ async fn fold_registry(pool: &PgPool) -> Result<(KeyRegistry, Option<Failure>), 
     .fetch_all(pool)
     .await?;
     let mut reg = KeyRegistry::new();
+    let mut heads = KeysHeads::new();
     for r in &rows {
         let position: i64 = r.try_get("position")?;
         let position = position as u64;
         let fail = |why: &str| Some(Failure { position, kind: FailureKind::KeyRegistry(why.into()) });
         let env: Vec<u8> = r.try_get("envelope")?;
         let Ok(ev) = SignedEvent::from_bytes(&env) else {
-            return Ok((reg, fail("envelope does not decode")));
+            return Ok((reg, heads, fail("envelope does not decode")));
         };
         let salt: Option<Vec<u8>> = r.try_get("salt")?;
         let payload: Option<Vec<u8>> = r.try_get("payload")?;
@@ -443,12 +464,13 @@ async fn fold_registry(pool: &PgPool) -> Result<(KeyRegistry, Option<Failure>), 
             .zip(payload)
             .and_then(|(s, p)| Payload::with_salt(s, p).ok())
         else {
-            return Ok((reg, fail("payload missing")));
+            return Ok((reg, heads, fail("payload missing")));
         };
         if let Err(e) = reg.apply(&ev, &payload) {
             // Keep the keys applied so far, so events before the bad registry event still verify.
-            return Ok((reg, fail(e.code())));
+            return Ok((reg, heads, fail(e.code())));
         }
+        heads.push((position, ev.stream_revision(), *ev.hash()));
     }
-    Ok((reg, None))
+    Ok((reg, heads, None))
 }

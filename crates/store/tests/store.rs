@@ -675,6 +675,12 @@ async fn key_rotation_through_the_store() {
     assert!(Checkpoint::open(cp_b.note.as_bytes(), std::slice::from_ref(&vb)).is_ok());
     assert!(Checkpoint::open(cp_b.note.as_bytes(), std::slice::from_ref(&va)).is_err());
     assert_eq!(store.note_verifier().unwrap(), vb);
+    // Each names the key-registry head among its events: the anchor, then the retirement.
+    let keys_head =
+        |note: &str| Checkpoint::open(note.as_bytes(), &[va.clone(), vb.clone()]).unwrap().0.keys_head();
+    let anchor = &all.iter().find(|e| e.event.stream_id().as_str() == StreamId::KEYS).unwrap().event;
+    assert_eq!(keys_head(&cp_a.note), Ok(Some((0, *anchor.hash()))));
+    assert_eq!(keys_head(&cp_b.note), Ok(Some((2, *retire.event.hash()))));
 
     // The whole ledger verifies: untrusted, trusting the (retired) anchor, trusting only the
     // new key (through the checkpoint it signed), and from the checkpoint before the rotation.
@@ -718,6 +724,29 @@ async fn key_rotation_through_the_store() {
     assert_eq!(r.events_checked, store.head().size);
     let reg = store.key_registry().await.unwrap();
     assert_eq!(reg.keys().filter(|k| k.valid_until.is_none()).count(), 1);
+
+    // A checkpoint signed by the ledger key that names another registry head (a checkpointer
+    // bug, or a key holder hiding a retirement) fails verification at its size.
+    store.append(&stream(0), ExpectedRevision::Any, vec![ev("a.after", b"")]).await.unwrap();
+    let h = store.head();
+    let c = key_c();
+    let lying = Checkpoint::new("test.example/ledger", h.size, h.root)
+        .with_timestamp_micros(1_800_000_000_000_000)
+        .with_keys_head(1, intro.event.hash())
+        .sign(&[&c.note_signer().unwrap()])
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO ledger_checkpoints (tree_size, root_hash, note, created_at) VALUES ($1, $2, $3, now())",
+    )
+    .bind(h.size as i64)
+    .bind(h.root.to_vec())
+    .bind(&lying)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let r = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
+    let f = r.first_failure.expect("a lying registry head is found");
+    assert_eq!((f.position, f.kind.code()), (h.size - 1, "verify.checkpoint_keys_head"), "{f:?}");
 }
 
 /// After a rotation, a superuser replaces one envelope (and its hash) with the same body

@@ -99,7 +99,12 @@ pub fn verify(args: &ProofVerifyArgs) -> anyhow::Result<ExitCode> {
         println!("version {}:   {} (revision {} of {})", i + 1, e.event_type, e.stream_revision, e.stream_id);
         println!("  recorded:  {}", e.recorded_at);
         println!("  author:    {} ({})", e.actor_user_id, e.actor_role);
-        println!("  event:     {} at position {}", e.event_id, e.position);
+        match e.position {
+            Some(p) => println!("  event:     {} at position {p}", e.event_id),
+            None => {
+                println!("  event:     {} (in the log through its hash link to the next version)", e.event_id)
+            }
+        }
         println!("  signed by: {} (key {})", e.key_name, e.key_id);
         match &e.payload {
             None => println!("  content:   (erased)"),
@@ -112,6 +117,12 @@ pub fn verify(args: &ProofVerifyArgs) -> anyhow::Result<ExitCode> {
             v.chain_len
         );
     }
-    println!("keys:        {} registered in $keys", v.keys.len());
+    let completeness = if v.keys_complete {
+        "the whole registry as of the checkpoint"
+    } else {
+        "the checkpoint does not name the registry head: later retirements cannot be excluded"
+    };
+    println!("keys:        {} registered in $keys ({completeness})", v.keys.len());
+    println!("format:      {}", v.format);
     Ok(ExitCode::SUCCESS)
 }
