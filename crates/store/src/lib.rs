@@ -438,11 +438,16 @@ pub(crate) async fn read_all<'e>(
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let types: Vec<String> = filter.event_types.clone();
     let prefix = filter.stream_prefix.as_deref().map(like_prefix);
-    let rows = sqlx::query(concat!(
-        select_events!(),
-        "WHERE position >= $1 AND (cardinality($2::text[]) = 0 OR event_type = ANY($2)) \
-         AND ($3::text IS NULL OR stream_id LIKE $3) ORDER BY position LIMIT $4"
-    ))
+    // The payload side of the join gets the lower bound too: the planner does not carry
+    // `e.position >= $1` over a LEFT JOIN, and its merge join then walked the payload
+    // index from position 0 on every page (a scan of `$all` was quadratic).
+    let rows = sqlx::query(
+        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, \
+         p.salt, p.payload FROM ledger_events e \
+         LEFT JOIN ledger_payloads p ON p.position = e.position AND p.position >= $1 \
+         WHERE e.position >= $1 AND (cardinality($2::text[]) = 0 OR e.event_type = ANY($2)) \
+         AND ($3::text IS NULL OR e.stream_id LIKE $3) ORDER BY e.position LIMIT $4",
+    )
     .bind(clamp_i64(from_position))
     .bind(&types)
     .bind(prefix)
