@@ -137,3 +137,21 @@ CREATE TABLE __SCHEMA__.users (
     position     bigint NOT NULL
 );
 CREATE INDEX ON __SCHEMA__.users (username);
+
+-- Chart snapshots for point-in-time replay (projections/src/snapshot.rs): the chart fold's
+-- state after `revision` of the patient's stream, written by replays as they fold. Derived
+-- like every table here (dropped with the generation, so a rebuild after a change of the
+-- fold starts without any); bound to the ledger by the hash of the event at `revision`,
+-- which through the stream's hash links commits to the whole prefix. Stored uncompressed:
+-- replays read them whole, and decompression cost more than it saved.
+CREATE TABLE __SCHEMA__.chart_snapshots (
+    patient_id uuid NOT NULL,
+    revision   bigint NOT NULL,
+    format     smallint NOT NULL,
+    event_hash bytea NOT NULL,
+    events     bigint NOT NULL,
+    skipped    bigint NOT NULL,
+    state      bytea NOT NULL,
+    PRIMARY KEY (patient_id, revision)
+);
+ALTER TABLE __SCHEMA__.chart_snapshots ALTER COLUMN state SET STORAGE EXTERNAL;

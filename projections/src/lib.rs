@@ -10,7 +10,7 @@
 //! - [`queries`]: what the API reads: patient index, charts, entry history, consents,
 //!   care teams, appointments, the access log and the staff directory.
 //! - [`pit`]: point-in-time replay for auditors: a chart as of a recorded time, folded
-//!   in memory from the ledger with the same fold.
+//!   in memory from the ledger with the same fold, from the nearest [`snapshot`] of it.
 //! - [`service`]: the command side: load a patient's stream, `decide`, append with the
 //!   expected revision (retrying on a race), idempotent on the client's event id.
 
@@ -20,6 +20,7 @@ pub mod queries;
 pub mod records;
 pub mod runner;
 pub mod service;
+pub mod snapshot;
 mod sqlmap;
 
 pub use error::ProjectionError;

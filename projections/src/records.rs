@@ -31,6 +31,7 @@ pub const TABLES: &[&str] = &[
     "appointments",
     "access_log",
     "users",
+    "chart_snapshots",
 ];
 
 /// Partial charts kept between batches. Whatever is marked loaded equals what the

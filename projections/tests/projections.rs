@@ -1055,3 +1055,173 @@ async fn access_log_time_ranges_and_cursor_paging() {
         .await
         .is_empty());
 }
+
+// ------------------------------------------------------------------ chart snapshots
+
+/// A patient stream of `n` events made by the simulator (decided against the chart as it
+/// grows), as the ledger would record them, without a database.
+fn simulated_stream(seed: u64, n: usize) -> (Uuid, Vec<Recorded>) {
+    let mut sim = Sim::new(seed);
+    sim.access_percent = 0;
+    let (id, reg) = sim.register();
+    let mut chart = Chart::new(id);
+    let mut out = Vec::new();
+    let mut command = Some((reg, Role::Receptionist));
+    while out.len() < n {
+        let at = Timestamp::from_micros(1_800_000_000_000_000 + (out.len() as i64 / 3) * 1000);
+        let (cmd, role) = match command.take() {
+            Some(c) => c,
+            None => match sim.step(&chart, at) {
+                Step::Command { command, author_role, .. } => (command, author_role),
+                Step::Access { .. } => continue,
+            },
+        };
+        let event = domain::commands::decide(&chart, cmd, at).unwrap();
+        let r = Recorded {
+            position: 1000 + out.len() as u64 * 2,
+            stream: domain::streams::patient(id),
+            stream_revision: out.len() as u64,
+            event_id: Uuid::now_v7(),
+            recorded_at: at,
+            actor: actor(role),
+            event,
+        };
+        chart.apply(&r);
+        out.push(r);
+    }
+    (id, out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Snapshot + tail == full fold: the fold of any prefix, encoded and decoded, is the
+    /// same chart, and folding the rest of the events onto it gives the fold of the whole.
+    #[test]
+    fn snapshot_then_tail_equals_the_full_fold(seed in any::<u64>(), n in 1usize..160, cut in 0.0f64..1.0) {
+        let (id, events) = simulated_stream(seed, n);
+        let k = ((n as f64) * cut) as usize;
+        let prefix = Chart::replay(id, &events[..k]);
+        let bytes = projections::snapshot::encode(&prefix);
+        let mut restored = projections::snapshot::decode(&bytes).unwrap();
+        prop_assert_eq!(&restored, &prefix);
+        for e in &events[k..] {
+            restored.apply(e);
+        }
+        prop_assert_eq!(restored, Chart::replay(id, &events));
+    }
+}
+
+/// A patient stream of `n` events appended in groups of 1 to 6 (a group shares one
+/// recorded time); returns the patient and the recorded time of every event.
+async fn write_stream(store: &EventStore, seed: u64, n: usize) -> (Uuid, Vec<Timestamp>) {
+    let (id, events) = simulated_stream(seed, n);
+    let stream = domain::streams::patient(id);
+    let mut i = 0;
+    let mut group = (seed % 6) as usize;
+    while i < events.len() {
+        group = group % 6 + 1;
+        let chunk: Vec<store::ProposedEvent> = events[i..(i + group).min(events.len())]
+            .iter()
+            .map(|r| store::ProposedEvent {
+                event_id: Uuid::now_v7(),
+                event_type: r.event.event_type(),
+                schema_version: r.event.schema_version(),
+                actor: r.actor.clone(),
+                payload: r.event.to_payload(),
+            })
+            .collect();
+        i += chunk.len();
+        store.append(&stream, store::ExpectedRevision::Any, chunk).await.unwrap();
+    }
+    let times =
+        store.read_whole_stream(&stream).await.unwrap().iter().map(|r| r.event.body().recorded_at).collect();
+    (id, times)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 5, ..ProptestConfig::default() })]
+
+    /// Replay from snapshots equals the fold from revision 0, for random times (at an
+    /// event, between events, before the first, after the last) asked in random order,
+    /// so that snapshots are written and then used at many points; every stored snapshot
+    /// equals the fold at its revision.
+    #[test]
+    fn replay_from_snapshots_equals_the_fold_from_zero(seed in any::<u64>(), n in 20usize..120, order in any::<u64>()) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let env = env().await;
+            let (id, times) = write_stream(&env.store, seed, n).await;
+            let policy = projections::snapshot::SnapshotPolicy { first: 3, per_doubling: 4, write_inline: true };
+            let mut ts: Vec<Timestamp> = times.iter().flat_map(|t| [*t, micros(*t, 1), micros(*t, -1)]).collect();
+            ts.push(micros(times[0], -1000));
+            // A deterministic shuffle.
+            let mut x = order | 1;
+            for i in (1..ts.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ts.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            for t in ts.iter().take(60) {
+                let full = projections::pit::replay(&env.store, id, Some(*t), None).await.unwrap();
+                let fast = projections::pit::replay(&env.store, id, Some(*t), Some(&policy)).await.unwrap();
+                assert_eq!(fast, full, "replay from a snapshot differs from the fold from 0");
+            }
+            let head = projections::pit::replay(&env.store, id, None, Some(&policy)).await.unwrap();
+            assert_eq!(head, projections::pit::replay(&env.store, id, None, None).await.unwrap());
+            assert_eq!(head.events, n as u64);
+            let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM rm.chart_snapshots WHERE patient_id = $1")
+                .bind(id)
+                .fetch_one(env.store.pool())
+                .await
+                .unwrap();
+            assert!(stored > 0);
+            assert_eq!(projections::pit::check_snapshots(&env.store, id).await.unwrap(), Vec::<u64>::new());
+            env.projections.shutdown().await;
+        });
+    }
+}
+
+/// A snapshot that is not bound to the ledger (its event hash differs) or does not decode
+/// is ignored; one that decodes to another state is found by `check_snapshots`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_snapshots_are_ignored_or_reported() {
+    let env = env().await;
+    let (id, _) = write_stream(&env.store, 11, 40).await;
+    let policy = projections::snapshot::SnapshotPolicy { first: 8, per_doubling: 2, write_inline: true };
+    let full = projections::pit::replay(&env.store, id, None, None).await.unwrap();
+    assert_eq!(projections::pit::replay(&env.store, id, None, Some(&policy)).await.unwrap(), full);
+    let pool = env.store.pool();
+    let revision: i64 =
+        sqlx::query_scalar("SELECT max(revision) FROM rm.chart_snapshots WHERE patient_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(revision, 31);
+    // Another state under the right hash: used by replay (it is trusted as derived data),
+    // but `check_snapshots` reports it.
+    let other = projections::snapshot::encode(&Chart::new(id));
+    sqlx::query("UPDATE rm.chart_snapshots SET state = $2 WHERE patient_id = $1 AND revision = 31")
+        .bind(id)
+        .bind(&other)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(projections::pit::check_snapshots(&env.store, id).await.unwrap(), vec![31]);
+    // Unbound (wrong hash), or undecodable: ignored, the replay is still the fold.
+    for alter in [
+        "UPDATE rm.chart_snapshots SET event_hash = '\\x00' WHERE patient_id = $1 AND revision = 31",
+        "UPDATE rm.chart_snapshots SET state = '\\x7b' WHERE patient_id = $1",
+    ] {
+        sqlx::query(alter).bind(id).execute(pool).await.unwrap();
+        assert_eq!(projections::pit::replay(&env.store, id, None, Some(&policy)).await.unwrap(), full);
+        assert_eq!(projections::pit::chart_at_head(&env.store, id).await.unwrap(), full);
+    }
+    // Deleted: replays fold from 0 and write them again.
+    sqlx::query("DELETE FROM rm.chart_snapshots").execute(pool).await.unwrap();
+    assert_eq!(projections::pit::replay(&env.store, id, None, Some(&policy)).await.unwrap(), full);
+    assert_eq!(projections::pit::check_snapshots(&env.store, id).await.unwrap(), Vec::<u64>::new());
+    env.projections.shutdown().await;
+}
