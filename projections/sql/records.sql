@@ -1,6 +1,11 @@
 -- The `records` projection: one generation's tables. `__SCHEMA__` is replaced by the
 -- generation's schema name (rm_records_g<N>). Read-model rows are derived data: the
 -- runner is their only writer, and a rebuild recreates them from the ledger.
+-- Secondary indexes are in records_indexes.sql: a runner that starts a generation from
+-- position 0 creates them when its catch-up by pages ends (building a B-tree once over
+-- the filled table costs a fraction of maintaining it row by row). Tables updated in
+-- place leave room on their pages (fillfactor) so that updates that change no indexed
+-- column (the fold's counters, a status) are HOT: no index entries, pages pruned in place.
 
 CREATE SCHEMA __SCHEMA__;
 
@@ -21,10 +26,7 @@ CREATE TABLE __SCHEMA__.patients (
     revision            bigint NOT NULL,
     position            bigint NOT NULL,
     anomalies           bigint NOT NULL
-);
-CREATE INDEX ON __SCHEMA__.patients (mrn);
-CREATE INDEX ON __SCHEMA__.patients (lower(family) text_pattern_ops);
-CREATE INDEX ON __SCHEMA__.patients (birth_date);
+) WITH (fillfactor = 70);
 
 -- Clinical entries at their current version.
 -- Ids come from clients: they are unique within a patient's record, so every key
@@ -39,8 +41,7 @@ CREATE TABLE __SCHEMA__.entries (
     recorded_at     timestamptz NOT NULL,
     position        bigint NOT NULL,
     PRIMARY KEY (patient_id, entry_id)
-);
-CREATE INDEX ON __SCHEMA__.entries (patient_id, kind, effective_at DESC);
+) WITH (fillfactor = 70);
 
 -- Every version of every entry (recorded, amended, entered in error).
 CREATE TABLE __SCHEMA__.entry_versions (
@@ -59,7 +60,6 @@ CREATE TABLE __SCHEMA__.entry_versions (
     position     bigint NOT NULL,
     PRIMARY KEY (patient_id, entry_id, version)
 );
-CREATE INDEX ON __SCHEMA__.entry_versions (patient_id, amendment_id) WHERE amendment_id IS NOT NULL;
 
 -- Consent versions; the highest version of a patient is in force.
 CREATE TABLE __SCHEMA__.consents (
@@ -87,8 +87,7 @@ CREATE TABLE __SCHEMA__.care_team (
     assigned_at  timestamptz NOT NULL,
     assigned_by  uuid NOT NULL,
     PRIMARY KEY (patient_id, clinician_id)
-);
-CREATE INDEX ON __SCHEMA__.care_team (clinician_id);
+) WITH (fillfactor = 70);
 
 CREATE TABLE __SCHEMA__.appointments (
     appointment_id uuid NOT NULL,
@@ -101,9 +100,7 @@ CREATE TABLE __SCHEMA__.appointments (
     version        integer NOT NULL,
     updated_at     timestamptz NOT NULL,
     PRIMARY KEY (patient_id, appointment_id)
-);
-CREATE INDEX ON __SCHEMA__.appointments (patient_id, start_at);
-CREATE INDEX ON __SCHEMA__.appointments (clinician_id, start_at);
+) WITH (fillfactor = 70);
 
 -- Who accessed which record: one row per access event.
 CREATE TABLE __SCHEMA__.access_log (
@@ -121,9 +118,6 @@ CREATE TABLE __SCHEMA__.access_log (
     user_agent         text,
     session_id         uuid
 );
-CREATE INDEX ON __SCHEMA__.access_log (patient_id, accessed_at);
-CREATE INDEX ON __SCHEMA__.access_log (user_id, accessed_at);
-CREATE INDEX ON __SCHEMA__.access_log (accessed_at);
 
 -- Staff directory (users and their roles), from `$staff`.
 CREATE TABLE __SCHEMA__.users (
@@ -136,7 +130,6 @@ CREATE TABLE __SCHEMA__.users (
     updated_at   timestamptz NOT NULL,
     position     bigint NOT NULL
 );
-CREATE INDEX ON __SCHEMA__.users (username);
 
 -- Chart snapshots for point-in-time replay (projections/src/snapshot.rs): the chart fold's
 -- state after `revision` of the patient's stream, written by replays as they fold. Derived

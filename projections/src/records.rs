@@ -21,6 +21,8 @@ use crate::sqlmap::*;
 
 /// The SQL that creates one generation's tables.
 pub const TABLES_SQL: &str = include_str!("../sql/records.sql");
+/// The SQL that creates a generation's secondary indexes (idempotent).
+pub const INDEXES_SQL: &str = include_str!("../sql/records_indexes.sql");
 /// The tables each generation has; `rm.<table>` views point at the active one.
 pub const TABLES: &[&str] = &[
     "patients",

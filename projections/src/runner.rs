@@ -13,6 +13,11 @@
 //! new generation has caught up with the old one, a single transaction marks N retired
 //! and N+1 active and points the `rm.*` views at N+1. The old runner sees `retired` in
 //! its next batch and stops; its schema is then dropped.
+//!
+//! **Indexes after the data.** A generation's tables are created with their primary keys
+//! only; the runner creates the secondary indexes when its catch-up by pages ends (so a
+//! rebuild builds each B-tree once over the filled table), and a building generation
+//! switches only after that.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -353,12 +358,14 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
             position = p;
         }
         if let Some(position) = decoded.newer {
+            create_indexes(&inner.pool, &schema).await?;
             return Err(ProjectionError::NewerEvent { position });
         }
         if count < page {
             break;
         }
     }
+    create_indexes(&inner.pool, &schema).await?;
     if *building && try_switch(inner, generation).await? {
         *building = false;
     }
@@ -439,6 +446,14 @@ fn decode_all(from: u64, raw: &[RecordedEvent]) -> Result<Decoded, ProjectionErr
         }
     }
     Ok(Decoded { events, count: raw.len(), skipped, newer: None })
+}
+
+/// Create the generation's secondary indexes if they are missing: once the catch-up by
+/// pages has filled the tables (one B-tree build instead of row-by-row maintenance), and
+/// after every restart (cheap when they exist). Before a building generation can switch.
+async fn create_indexes(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
+    sqlx::raw_sql(&records::INDEXES_SQL.replace("__SCHEMA__", schema)).execute(pool).await?;
+    Ok(())
 }
 
 /// Publish the active generation's position; it only moves forwards.
