@@ -393,12 +393,10 @@ pub(crate) fn appointment_from(row: &PgRow) -> Result<Appointment, ProjectionErr
 
 // ------------------------------------------------------------------ writing
 
-/// A column of JSON-array texts, turned into `text[]` per row in SQL (sqlx binds no
-/// two-dimensional arrays).
+/// A column of array literals ([`array_literal`]), turned into `text[]` per row in SQL
+/// (sqlx binds no two-dimensional arrays).
 fn text_array(col: &str) -> String {
-    format!(
-        "ARRAY(SELECT v FROM jsonb_array_elements_text({col}::jsonb) WITH ORDINALITY AS a(v, i) ORDER BY i)"
-    )
+    format!("{col}::text[]")
 }
 
 async fn write_charts(
@@ -495,7 +493,7 @@ impl PatientCols {
         self.registered.push(d.is_some());
         self.mrn.push(d.map(|d| d.mrn.clone()));
         self.family.push(d.map(|d| d.name.family.clone()));
-        self.given.push(d.map(|d| json(&d.name.given)));
+        self.given.push(d.map(|d| array_literal(&d.name.given)));
         self.birth.push(d.map(|d| d.birth_date));
         self.sex.push(d.map(|d| name(&d.sex)));
         self.contact.push(d.map(|d| json(&d.contact)));
@@ -698,10 +696,10 @@ impl ConsentCols {
             ConsentChange::Withdrawn { purposes } => {
                 self.method.push(None);
                 self.supersedes.push(None);
-                self.withdrawn.push(Some(json(&names(purposes))));
+                self.withdrawn.push(Some(array_literal(names(purposes))));
             }
         }
-        self.granted.push(json(&names(&v.granted)));
+        self.granted.push(array_literal(names(&v.granted)));
         self.witness.push(v.witness_id);
         self.effective.push(odt(v.effective_at));
         self.recorded.push(odt(v.recorded_at));
@@ -858,7 +856,7 @@ async fn write_access(
         .bind(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.role.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| odt(r.accessed_at)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| json(&names(&r.resources))).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| array_literal(names(&r.resources))).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.action.as_str().to_owned()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.purpose.as_str().to_owned()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.break_glass_reason.clone()).collect::<Vec<_>>())
