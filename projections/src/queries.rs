@@ -5,9 +5,13 @@
 
 use std::collections::BTreeSet;
 
-use domain::chart::{AccessLogEntry, Appointment, CareTeamMember, Chart, ConsentVersion, EntryVersion};
+use domain::chart::{
+    AccessLogEntry, Appointment, CareTeamMember, Chart, ConsentVersion, Demographics, Entry, EntryStatus,
+    EntryVersion, VersionChange,
+};
 use domain::events::Role;
 use ledger::Timestamp;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -68,18 +72,248 @@ pub struct UserRow {
 
 const MAX_LIMIT: u32 = 1000;
 
+// ------------------------------------------------------------------ the chart in one statement
+
+/// Which table a row of [`chart_sql`] comes from (column `k`; rows sort by it).
+const K_PATIENT: i16 = 0;
+const K_VERSION: i16 = 1;
+const K_CONSENT: i16 = 2;
+const K_CARE: i16 = 3;
+const K_APPOINTMENT: i16 = 4;
+
+/// Every column of the chart's tables, by name, with its SQL type and the expression
+/// that reads it (JSON documents as text, as `records` decodes them). A column shared by
+/// several tables (`position`, `version`, `recorded_at`...) has one type in all of them.
+const CHART_COLS: &[(&str, &str, &str)] = &[
+    ("patient_id", "uuid", "patient_id"),
+    ("registered", "boolean", "registered"),
+    ("mrn", "text", "mrn"),
+    ("family", "text", "family"),
+    ("given", "text[]", "given"),
+    ("birth_date", "date", "birth_date"),
+    ("sex", "text", "sex"),
+    ("contact", "text", "contact::text"),
+    ("registered_at", "timestamptz", "registered_at"),
+    ("updated_at", "timestamptz", "updated_at"),
+    ("demographics_version", "integer", "demographics_version"),
+    ("merged_into", "uuid", "merged_into"),
+    ("revision", "bigint", "revision"),
+    ("position", "bigint", "position"),
+    ("anomalies", "bigint", "anomalies"),
+    ("entry_id", "uuid", "entry_id"),
+    ("version", "integer", "version"),
+    ("change", "text", "change"),
+    ("amendment_id", "uuid", "amendment_id"),
+    ("reason", "text", "reason"),
+    ("content", "text", "content::text"),
+    ("effective_at", "timestamptz", "effective_at"),
+    ("author_id", "uuid", "author_id"),
+    ("author_role", "text", "author_role"),
+    ("recorded_at", "timestamptz", "recorded_at"),
+    ("event_id", "uuid", "event_id"),
+    ("consent_id", "uuid", "consent_id"),
+    ("method", "text", "method"),
+    ("supersedes", "uuid", "supersedes"),
+    ("withdrawn", "text[]", "withdrawn"),
+    ("granted", "text[]", "granted"),
+    ("witness_id", "uuid", "witness_id"),
+    ("recorded_by", "uuid", "recorded_by"),
+    ("clinician_id", "uuid", "clinician_id"),
+    ("care_role", "text", "care_role"),
+    ("assigned_at", "timestamptz", "assigned_at"),
+    ("assigned_by", "uuid", "assigned_by"),
+    ("appointment_id", "uuid", "appointment_id"),
+    ("visit_type", "text", "visit_type"),
+    ("start_at", "timestamptz", "start_at"),
+    ("end_at", "timestamptz", "end_at"),
+    ("status", "text", "status"),
+];
+
+/// The whole chart of patient `$1` in one statement (a single statement reads one
+/// snapshot, so the tables agree without a transaction): a `UNION ALL` of the patient's
+/// rows of each table, each branch filling the columns its table has (by name, so the
+/// row decoders of [`records`] apply unchanged) and `NULL` in the others. The patient's
+/// row comes first, then entry versions by entry and version, then consents by version.
+fn chart_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let tables: [(i16, &str, &[&str]); 5] = [
+            (
+                K_PATIENT,
+                "patients",
+                &[
+                    "patient_id",
+                    "registered",
+                    "mrn",
+                    "family",
+                    "given",
+                    "birth_date",
+                    "sex",
+                    "contact",
+                    "registered_at",
+                    "updated_at",
+                    "demographics_version",
+                    "merged_into",
+                    "revision",
+                    "position",
+                    "anomalies",
+                ],
+            ),
+            (
+                K_VERSION,
+                "entry_versions",
+                &[
+                    "patient_id",
+                    "entry_id",
+                    "version",
+                    "change",
+                    "amendment_id",
+                    "reason",
+                    "content",
+                    "effective_at",
+                    "author_id",
+                    "author_role",
+                    "recorded_at",
+                    "event_id",
+                    "position",
+                ],
+            ),
+            (
+                K_CONSENT,
+                "consents",
+                &[
+                    "patient_id",
+                    "version",
+                    "consent_id",
+                    "change",
+                    "method",
+                    "supersedes",
+                    "withdrawn",
+                    "granted",
+                    "witness_id",
+                    "effective_at",
+                    "recorded_at",
+                    "recorded_by",
+                    "position",
+                ],
+            ),
+            (K_CARE, "care_team", &["patient_id", "clinician_id", "care_role", "assigned_at", "assigned_by"]),
+            (
+                K_APPOINTMENT,
+                "appointments",
+                &[
+                    "appointment_id",
+                    "patient_id",
+                    "clinician_id",
+                    "visit_type",
+                    "start_at",
+                    "end_at",
+                    "status",
+                    "version",
+                    "updated_at",
+                ],
+            ),
+        ];
+        let branches: Vec<String> = tables
+            .iter()
+            .map(|(k, table, has)| {
+                let cols: Vec<String> = CHART_COLS
+                    .iter()
+                    .map(|(name, ty, expr)| {
+                        if has.contains(name) {
+                            format!("{expr} AS {name}")
+                        } else {
+                            format!("NULL::{ty} AS {name}")
+                        }
+                    })
+                    .collect();
+                format!(
+                    "SELECT {k}::smallint AS k, {} FROM rm.{table} WHERE patient_id = $1",
+                    cols.join(", ")
+                )
+            })
+            .collect();
+        format!("{} ORDER BY k, entry_id, version", branches.join(" UNION ALL "))
+    })
+}
+
+/// The patient row's counters and demographics (as `records` reads them).
+fn patient_into(row: &PgRow, chart: &mut Chart) -> Result<(), ProjectionError> {
+    chart.revision = Some(upos(row.try_get("revision")?));
+    chart.position = Some(upos(row.try_get("position")?));
+    chart.anomalies = upos(row.try_get("anomalies")?);
+    if !row.try_get::<bool, _>("registered")? {
+        return Ok(());
+    }
+    let corrupt = |what| ProjectionError::Corrupt { what };
+    let contact: Option<String> = row.try_get("contact")?;
+    chart.demographics = Some(Demographics {
+        mrn: row.try_get::<Option<String>, _>("mrn")?.ok_or(corrupt("mrn"))?,
+        name: domain::events::HumanName {
+            given: row.try_get::<Option<Vec<String>>, _>("given")?.unwrap_or_default(),
+            family: row.try_get::<Option<String>, _>("family")?.ok_or(corrupt("family"))?,
+        },
+        birth_date: row.try_get::<Option<time::Date>, _>("birth_date")?.ok_or(corrupt("birth_date"))?,
+        sex: parse(&row.try_get::<Option<String>, _>("sex")?.unwrap_or_default(), "sex")?,
+        contact: from_json(contact.as_deref().unwrap_or("{}"), "contact")?,
+        registered_at: ts(row
+            .try_get::<Option<time::OffsetDateTime>, _>("registered_at")?
+            .ok_or(corrupt("registered_at"))?),
+        updated_at: ts(row
+            .try_get::<Option<time::OffsetDateTime>, _>("updated_at")?
+            .ok_or(corrupt("updated_at"))?),
+        version: row.try_get::<Option<i32>, _>("demographics_version")?.unwrap_or(1) as u32,
+        merged_into: row.try_get("merged_into")?,
+    });
+    Ok(())
+}
+
 impl ReadModels {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
 
-    /// A patient's whole chart (current versions and full history of every entry).
+    /// A patient's whole chart (current versions and full history of every entry), in
+    /// one statement: one round trip, and one snapshot of all the chart's tables without
+    /// a transaction around it (see [`chart_sql`]).
     pub async fn chart(&self, patient_id: Uuid) -> Result<Option<Chart>, ProjectionError> {
-        // One snapshot for all the chart's tables, opened in the same round trip.
-        let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-        let chart = records::load_chart(&mut tx, "rm", patient_id).await?;
-        tx.commit().await?;
-        Ok(chart)
+        let rows = sqlx::query(chart_sql()).bind(patient_id).fetch_all(&self.pool).await?;
+        let mut rows = rows.iter();
+        // The patient's row sorts first; without it there is no chart.
+        let Some(first) = rows.next().filter(|r| matches!(r.try_get::<i16, _>("k"), Ok(K_PATIENT))) else {
+            return Ok(None);
+        };
+        let mut chart = Chart::new(patient_id);
+        patient_into(first, &mut chart)?;
+        for row in rows {
+            match row.try_get::<i16, _>("k")? {
+                K_VERSION => {
+                    let entry_id: Uuid = row.try_get("entry_id")?;
+                    let v = records::entry_version_from(row)?;
+                    let entry = chart.entries.entry(entry_id).or_insert_with(|| Entry {
+                        entry_id,
+                        kind: v.content.kind(),
+                        status: EntryStatus::Active,
+                        versions: Vec::new(),
+                    });
+                    if matches!(v.change, VersionChange::EnteredInError { .. }) {
+                        entry.status = EntryStatus::EnteredInError;
+                    }
+                    entry.versions.push(v);
+                }
+                K_CONSENT => chart.consent.versions.push(records::consent_from(row)?),
+                K_CARE => {
+                    let m = records::care_from(row)?;
+                    chart.care_team.insert(m.clinician_id, m);
+                }
+                K_APPOINTMENT => {
+                    let a = records::appointment_from(row)?;
+                    chart.appointments.insert(a.appointment_id, a);
+                }
+                _ => return Err(ProjectionError::Corrupt { what: "chart row" }),
+            }
+        }
+        Ok(Some(chart))
     }
 
     pub async fn search_patients(
