@@ -135,8 +135,8 @@ CREATE TABLE __SCHEMA__.users (
 -- state after `revision` of the patient's stream, written by replays as they fold. Derived
 -- like every table here (dropped with the generation, so a rebuild after a change of the
 -- fold starts without any); bound to the ledger by the hash of the event at `revision`,
--- which through the stream's hash links commits to the whole prefix. Stored uncompressed:
--- replays read them whole, and decompression cost more than it saved.
+-- which through the stream's hash links commits to the whole prefix. Stored without
+-- compression (replays read them whole; pglz on them has not been measured).
 CREATE TABLE __SCHEMA__.chart_snapshots (
     patient_id uuid NOT NULL,
     revision   bigint NOT NULL,
