@@ -3,8 +3,9 @@
 //! In one run, on a fresh database (`DATABASE_URL` if set, else 127.0.0.1:5432, via `testdb`):
 //!
 //! 1. the server as `chartledger serve` wires it (`AppState::new`, `http::router`, a
-//!    24-connection pool, the projection runner) on an ephemeral loopback port, in its own
-//!    2-worker runtime; the load clients run in a second runtime of the same process;
+//!    24-connection pool from `api::pool_options`, the projection runner) on an ephemeral
+//!    loopback port, in its own 2-worker runtime; the load clients run in a second runtime
+//!    of the same process;
 //! 2. seeding: `BENCH_PATIENTS` (200) patients with ~`BENCH_ENTRIES` (20) clinical entries
 //!    each (realistic commands from `domain::sim`: entries, amendments, consents,
 //!    appointments), written through `projections::Records::execute`; one physician account
@@ -24,6 +25,15 @@
 //!    statement events).
 //!
 //! The server's `fsync` is printed; the run is refused when it is off.
+//!
+//! What an audited chart read costs (see ARCHITECTURE.md, `crates/api`): one session
+//! look-up, one care-team look-up, the chart in one statement (`ReadModels::chart`), and
+//! the access event, which waits for a group commit (one WAL flush shared by the events
+//! queued with it) before the response is sent. sqlx's pool checks a connection with a
+//! round trip when it is given back, and, unless `test_before_acquire` is off (as in
+//! `api::pool_options`), again when it is taken: those round trips are not statements
+//! and are not counted below. On 2 cores shared by the clients, the server and
+//! PostgreSQL the reads are CPU-bound, so compare figures only within one run.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -200,8 +210,7 @@ async fn start_server(pool_size: u32) -> Server {
         db.drop_db().await.ok();
         std::process::exit(2);
     }
-    let pool =
-        sqlx::postgres::PgPoolOptions::new().max_connections(pool_size).connect(db.url()).await.unwrap();
+    let pool = api::pool_options(pool_size).connect(db.url()).await.unwrap();
     let key = LedgerSigningKey::new("bench.example/ledger", SigningKey::from_bytes(&[9u8; 32])).unwrap();
     let store_config = StoreConfig { origin: "bench.example/ledger".into(), ..StoreConfig::default() };
     let store = EventStore::open(pool, key, store_config).await.unwrap();

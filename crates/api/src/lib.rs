@@ -24,6 +24,16 @@ use store::EventStore;
 pub use config::ApiConfig;
 pub use error::ApiError;
 
+/// The database pool the server should be given: at most `max_connections`, and no
+/// round trip to test a connection each time it is taken from the pool (sqlx's
+/// `test_before_acquire`, on by default, doubles the round trips of a one-query read;
+/// sqlx still checks each connection when it is given back). A connection that broke
+/// while idle fails the one request that takes it (with a database error: fail closed)
+/// and is then closed by the pool.
+pub fn pool_options(max_connections: u32) -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new().max_connections(max_connections).test_before_acquire(false)
+}
+
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
