@@ -407,14 +407,24 @@ async fn write_charts(
     touched: &BTreeSet<(Uuid, EntityKey)>,
     first_position: u64,
 ) -> Result<(), ProjectionError> {
-    // Patients: every touched chart's counters, and demographics when registered.
+    // Patients: the whole row where the batch touched the demographics, else only the
+    // fold's counters. A chart with demographics whose demographics this batch did not
+    // touch already has its row (written by the batch that touched them, or loaded from
+    // it), so the counters-only upsert inserts only rows of unregistered charts, which
+    // are exactly `registered = false` and the counters.
     let mut p = PatientCols::default();
+    let mut counters = CounterCols::default();
     for id in patients {
         if let Some(chart) = cache.charts.get(id) {
-            p.push(chart);
+            if touched.contains(&(*id, EntityKey::Demographics)) {
+                p.push(chart);
+            } else {
+                counters.push(chart);
+            }
         }
     }
     p.write(conn, schema).await?;
+    counters.write(conn, schema).await?;
 
     let mut entries = EntryCols::default();
     let mut versions = VersionCols::default();
@@ -469,7 +479,8 @@ async fn write_charts(
 
 #[derive(Default)]
 struct PatientCols {
-    id: Vec<Uuid>,
+    /// The patient ids and the fold's counters.
+    counters: CounterCols,
     registered: Vec<bool>,
     mrn: Vec<Option<String>>,
     family: Vec<Option<String>>,
@@ -481,15 +492,12 @@ struct PatientCols {
     updated_at: Vec<Option<time::OffsetDateTime>>,
     version: Vec<Option<i32>>,
     merged: Vec<Option<Uuid>>,
-    revision: Vec<i64>,
-    position: Vec<i64>,
-    anomalies: Vec<i64>,
 }
 
 impl PatientCols {
     fn push(&mut self, c: &Chart) {
         let d = c.demographics.as_ref();
-        self.id.push(c.patient_id);
+        self.counters.push(c);
         self.registered.push(d.is_some());
         self.mrn.push(d.map(|d| d.mrn.clone()));
         self.family.push(d.map(|d| d.name.family.clone()));
@@ -501,12 +509,9 @@ impl PatientCols {
         self.updated_at.push(d.map(|d| odt(d.updated_at)));
         self.version.push(d.map(|d| d.version as i32));
         self.merged.push(d.and_then(|d| d.merged_into));
-        self.revision.push(c.revision.map(pos).unwrap_or(0));
-        self.position.push(c.position.map(pos).unwrap_or(0));
-        self.anomalies.push(pos(c.anomalies));
     }
     async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
-        if self.id.is_empty() {
+        if self.counters.id.is_empty() {
             return Ok(());
         }
         let given = text_array("g");
@@ -525,7 +530,7 @@ impl PatientCols {
                     demographics_version, merged_into, revision, position, anomalies"
         );
         sqlx::query(&sql)
-            .bind(self.id)
+            .bind(self.counters.id)
             .bind(self.registered)
             .bind(self.mrn)
             .bind(self.family)
@@ -537,6 +542,44 @@ impl PatientCols {
             .bind(self.updated_at)
             .bind(self.version)
             .bind(self.merged)
+            .bind(self.counters.revision)
+            .bind(self.counters.position)
+            .bind(self.counters.anomalies)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A patient row's fold counters (revision, position, anomalies).
+#[derive(Default)]
+struct CounterCols {
+    id: Vec<Uuid>,
+    revision: Vec<i64>,
+    position: Vec<i64>,
+    anomalies: Vec<i64>,
+}
+
+impl CounterCols {
+    fn push(&mut self, c: &Chart) {
+        self.id.push(c.patient_id);
+        self.revision.push(c.revision.map(pos).unwrap_or(0));
+        self.position.push(c.position.map(pos).unwrap_or(0));
+        self.anomalies.push(pos(c.anomalies));
+    }
+    async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO {schema}.patients AS t (patient_id, registered, revision, position, anomalies) \
+             SELECT id, false, rev, pos, an FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[]) \
+                  AS u(id, rev, pos, an) \
+             ON CONFLICT (patient_id) DO UPDATE SET revision = EXCLUDED.revision, position = EXCLUDED.position, \
+               anomalies = EXCLUDED.anomalies"
+        );
+        sqlx::query(&sql)
+            .bind(self.id)
             .bind(self.revision)
             .bind(self.position)
             .bind(self.anomalies)
