@@ -59,11 +59,7 @@ async fn run_server(settings: &Settings, url: &str, demo: bool) -> anyhow::Resul
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         _ => None,
     };
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(24)
-        .connect(url)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = api::pool_options(24).connect(url).await.context("cannot connect to the database")?;
     let key = load_or_create_key(&settings.key_path(), &settings.origin)?;
     let config = StoreConfig {
         origin: settings.origin.clone(),
