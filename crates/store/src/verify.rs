@@ -387,10 +387,13 @@ fn check_row(r: &RowData, registry: &KeyRegistry) -> Checked {
 }
 
 async fn fetch_chunk(pool: PgPool, from: u64, n: usize) -> Result<Vec<RowData>, StoreError> {
+    // The payload side carries the lower bound too: the planner does not push `e.position
+    // >= $1` through the LEFT JOIN, and a merge join would walk the payload index from 0
+    // on every chunk (as `read_all` did).
     let rows = sqlx::query(
         "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.event_type, e.recorded_at, e.envelope, \
          e.event_hash, e.merkle_nodes, p.salt, p.payload \
-         FROM ledger_events e LEFT JOIN ledger_payloads p ON p.position = e.position \
+         FROM ledger_events e LEFT JOIN ledger_payloads p ON p.position = e.position AND p.position >= $1 \
          WHERE e.position >= $1 ORDER BY e.position LIMIT $2",
     )
     .bind(from as i64)
