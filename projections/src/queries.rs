@@ -5,13 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use domain::chart::{
-    AccessLogEntry, Appointment, CareTeamMember, Chart, ConsentVersion, Demographics, Entry, EntryStatus,
-    EntryVersion, VersionChange,
-};
+use domain::chart::{AccessLogEntry, Appointment, CareTeamMember, Chart, ConsentVersion, EntryVersion};
 use domain::events::Role;
 use ledger::Timestamp;
-use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -237,37 +233,6 @@ fn chart_sql() -> &'static str {
     })
 }
 
-/// The patient row's counters and demographics (as `records` reads them).
-fn patient_into(row: &PgRow, chart: &mut Chart) -> Result<(), ProjectionError> {
-    chart.revision = Some(upos(row.try_get("revision")?));
-    chart.position = Some(upos(row.try_get("position")?));
-    chart.anomalies = upos(row.try_get("anomalies")?);
-    if !row.try_get::<bool, _>("registered")? {
-        return Ok(());
-    }
-    let corrupt = |what| ProjectionError::Corrupt { what };
-    let contact: Option<String> = row.try_get("contact")?;
-    chart.demographics = Some(Demographics {
-        mrn: row.try_get::<Option<String>, _>("mrn")?.ok_or(corrupt("mrn"))?,
-        name: domain::events::HumanName {
-            given: row.try_get::<Option<Vec<String>>, _>("given")?.unwrap_or_default(),
-            family: row.try_get::<Option<String>, _>("family")?.ok_or(corrupt("family"))?,
-        },
-        birth_date: row.try_get::<Option<time::Date>, _>("birth_date")?.ok_or(corrupt("birth_date"))?,
-        sex: parse(&row.try_get::<Option<String>, _>("sex")?.unwrap_or_default(), "sex")?,
-        contact: from_json(contact.as_deref().unwrap_or("{}"), "contact")?,
-        registered_at: ts(row
-            .try_get::<Option<time::OffsetDateTime>, _>("registered_at")?
-            .ok_or(corrupt("registered_at"))?),
-        updated_at: ts(row
-            .try_get::<Option<time::OffsetDateTime>, _>("updated_at")?
-            .ok_or(corrupt("updated_at"))?),
-        version: row.try_get::<Option<i32>, _>("demographics_version")?.unwrap_or(1) as u32,
-        merged_into: row.try_get("merged_into")?,
-    });
-    Ok(())
-}
-
 impl ReadModels {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
@@ -284,23 +249,10 @@ impl ReadModels {
             return Ok(None);
         };
         let mut chart = Chart::new(patient_id);
-        patient_into(first, &mut chart)?;
+        records::patient_into(first, &mut chart)?;
         for row in rows {
             match row.try_get::<i16, _>("k")? {
-                K_VERSION => {
-                    let entry_id: Uuid = row.try_get("entry_id")?;
-                    let v = records::entry_version_from(row)?;
-                    let entry = chart.entries.entry(entry_id).or_insert_with(|| Entry {
-                        entry_id,
-                        kind: v.content.kind(),
-                        status: EntryStatus::Active,
-                        versions: Vec::new(),
-                    });
-                    if matches!(v.change, VersionChange::EnteredInError { .. }) {
-                        entry.status = EntryStatus::EnteredInError;
-                    }
-                    entry.versions.push(v);
-                }
+                K_VERSION => records::push_entry_version(&mut chart, row)?,
                 K_CONSENT => chart.consent.versions.push(records::consent_from(row)?),
                 K_CARE => {
                     let m = records::care_from(row)?;

@@ -265,7 +265,7 @@ pub async fn load_chart(
     Ok(Some(chart))
 }
 
-fn patient_into(row: &PgRow, chart: &mut Chart) -> Result<(), ProjectionError> {
+pub(crate) fn patient_into(row: &PgRow, chart: &mut Chart) -> Result<(), ProjectionError> {
     chart.revision = Some(upos(row.try_get("revision")?));
     chart.position = Some(upos(row.try_get("position")?));
     chart.anomalies = upos(row.try_get("anomalies")?);
@@ -324,7 +324,7 @@ pub(crate) fn entry_version_from(row: &PgRow) -> Result<EntryVersion, Projection
     })
 }
 
-fn push_entry_version(chart: &mut Chart, row: &PgRow) -> Result<(), ProjectionError> {
+pub(crate) fn push_entry_version(chart: &mut Chart, row: &PgRow) -> Result<(), ProjectionError> {
     let entry_id: Uuid = row.try_get("entry_id")?;
     let v = entry_version_from(row)?;
     let entry = chart.entries.entry(entry_id).or_insert_with(|| Entry {
