@@ -33,17 +33,17 @@ pub use types::{
     StoredCheckpoint,
 };
 
-/// The migrations of the event store (top-level `migrations/`).
 /// The columns `decode_row` reads, from events joined with their payloads; callers
-/// append the `WHERE` clause.
+/// append the `WHERE` clause (and may first add `AND ...` to the join condition).
 macro_rules! select_events {
     () => {
         "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, \
-         p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p USING (position) "
+         p.salt, p.payload FROM ledger_events e LEFT JOIN ledger_payloads p ON p.position = e.position "
     };
 }
 pub(crate) use select_events;
 
+/// The migrations of the event store (top-level `migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Tuning and identity of a store.
@@ -441,13 +441,12 @@ pub(crate) async fn read_all<'e>(
     // The payload side of the join gets the lower bound too: the planner does not carry
     // `e.position >= $1` over a LEFT JOIN, and its merge join then walked the payload
     // index from position 0 on every page (a scan of `$all` was quadratic).
-    let rows = sqlx::query(
-        "SELECT e.position, e.stream_id, e.stream_revision, e.event_id, e.envelope, e.event_hash, \
-         p.salt, p.payload FROM ledger_events e \
-         LEFT JOIN ledger_payloads p ON p.position = e.position AND p.position >= $1 \
+    let rows = sqlx::query(concat!(
+        select_events!(),
+        "AND p.position >= $1 \
          WHERE e.position >= $1 AND (cardinality($2::text[]) = 0 OR e.event_type = ANY($2)) \
-         AND ($3::text IS NULL OR e.stream_id LIKE $3) ORDER BY e.position LIMIT $4",
-    )
+         AND ($3::text IS NULL OR e.stream_id LIKE $3) ORDER BY e.position LIMIT $4"
+    ))
     .bind(clamp_i64(from_position))
     .bind(&types)
     .bind(prefix)
