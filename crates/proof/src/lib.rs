@@ -46,21 +46,25 @@ const B64: GeneralPurpose = GeneralPurpose::new(
 
 // ------------------------------------------------------------------ the document
 
-/// A proof bundle, version 2 (`schema/proof-format.md` section 1). Byte fields are kept
-/// as their base64 text: [`verify`] decodes them strictly. Version 1 bundles are parsed
-/// by [`parse_json`] into their own types (section 8).
+/// The bundle document (`schema/proof-format.md` section 1), over the checkpoint member
+/// `C` and event item `I` of its version. Byte fields are kept as their base64 text:
+/// [`verify`] decodes them strictly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProofBundle {
+pub struct Bundle<C, I> {
     pub format: String,
     pub subject: Subject,
-    pub checkpoint: CheckpointItem,
-    pub keys: Vec<EventItem>,
-    pub events: Vec<EventItem>,
+    pub checkpoint: C,
+    pub keys: Vec<I>,
+    pub events: Vec<I>,
     pub chain: Vec<String>,
     #[serde(default)]
     pub consistency: Option<ConsistencyItem>,
 }
+
+/// A proof bundle, version 2. Version 1 bundles are parsed by [`parse_json`] into
+/// [`v1::ProofBundle`] (section 8).
+pub type ProofBundle = Bundle<CheckpointItem, EventItem>;
 
 /// What a bundle is about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,20 +125,8 @@ pub mod v1 {
     use serde::{Deserialize, Serialize};
     use serde_json::Value;
 
-    use super::{ConsistencyItem, Subject};
-
-    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct ProofBundle {
-        pub format: String,
-        pub subject: Subject,
-        pub checkpoint: CheckpointItem,
-        pub keys: Vec<EventItem>,
-        pub events: Vec<EventItem>,
-        pub chain: Vec<String>,
-        #[serde(default)]
-        pub consistency: Option<ConsistencyItem>,
-    }
+    /// A version 1 bundle: the same document with the v1 checkpoint member and items.
+    pub type ProofBundle = super::Bundle<CheckpointItem, EventItem>;
 
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -635,14 +627,43 @@ impl<'a> From<&'a v1::EventItem> for ItemRef<'a> {
     }
 }
 
+/// The checkpoint member of either version.
+#[derive(Clone, Copy)]
+enum CheckpointRef<'a> {
+    V1(&'a v1::CheckpointItem),
+    V2(&'a CheckpointItem),
+}
+
+impl<'a> CheckpointRef<'a> {
+    fn note(self) -> &'a str {
+        match self {
+            Self::V1(c) => &c.note,
+            Self::V2(c) => &c.note,
+        }
+    }
+
+    /// Does the member equal the checkpoint's rendering? (Version 1 renders no registry
+    /// head.)
+    fn matches(self, r: &CheckpointItem) -> bool {
+        match self {
+            Self::V1(c) => {
+                r.note == c.note
+                    && r.origin == c.origin
+                    && r.size == c.size
+                    && r.root_hash == c.root_hash
+                    && r.time == c.time
+            }
+            Self::V2(c) => r == c,
+        }
+    }
+}
+
 /// A document of either version, as the verifier reads it.
 struct Doc<'a> {
     version: Version,
     format: &'a str,
     subject: &'a Subject,
-    note: &'a str,
-    /// Does the document's checkpoint member equal this rendering?
-    checkpoint_matches: Box<dyn Fn(&CheckpointItem) -> bool + 'a>,
+    checkpoint: CheckpointRef<'a>,
     keys: Vec<ItemRef<'a>>,
     events: Vec<ItemRef<'a>>,
     chain: &'a [String],
@@ -650,35 +671,18 @@ struct Doc<'a> {
 }
 
 impl<'a> Doc<'a> {
-    fn v2(b: &'a ProofBundle) -> Self {
+    fn new<C, I>(b: &'a Bundle<C, I>, checkpoint: CheckpointRef<'a>) -> Self
+    where
+        ItemRef<'a>: From<&'a I>,
+    {
         Doc {
-            version: Version::V2,
+            version: match checkpoint {
+                CheckpointRef::V1(_) => Version::V1,
+                CheckpointRef::V2(_) => Version::V2,
+            },
             format: &b.format,
             subject: &b.subject,
-            note: &b.checkpoint.note,
-            checkpoint_matches: Box::new(move |r| *r == b.checkpoint),
-            keys: b.keys.iter().map(ItemRef::from).collect(),
-            events: b.events.iter().map(ItemRef::from).collect(),
-            chain: &b.chain,
-            consistency: b.consistency.as_ref(),
-        }
-    }
-
-    fn v1(b: &'a v1::ProofBundle) -> Self {
-        let c = &b.checkpoint;
-        Doc {
-            version: Version::V1,
-            format: &b.format,
-            subject: &b.subject,
-            note: &c.note,
-            // Version 1 renders no registry head.
-            checkpoint_matches: Box::new(move |r| {
-                r.note == c.note
-                    && r.origin == c.origin
-                    && r.size == c.size
-                    && r.root_hash == c.root_hash
-                    && r.time == c.time
-            }),
+            checkpoint,
             keys: b.keys.iter().map(ItemRef::from).collect(),
             events: b.events.iter().map(ItemRef::from).collect(),
             chain: &b.chain,
@@ -796,13 +800,13 @@ fn open_checkpoint(
 /// Verify a version 2 bundle against trusted keys: `schema/proof-format.md` section 4,
 /// step by step. Returns what is proven, or the first failure.
 pub fn verify(bundle: &ProofBundle, trusted: &[NoteVerifier]) -> Result<Verified, ProofError> {
-    verify_doc(&Doc::v2(bundle), trusted)
+    verify_doc(&Doc::new(bundle, CheckpointRef::V2(&bundle.checkpoint)), trusted)
 }
 
 /// Verify a bundle of either version.
 pub fn verify_any(bundle: &AnyBundle, trusted: &[NoteVerifier]) -> Result<Verified, ProofError> {
     match bundle {
-        AnyBundle::V1(b) => verify_doc(&Doc::v1(b), trusted),
+        AnyBundle::V1(b) => verify_doc(&Doc::new(b, CheckpointRef::V1(&b.checkpoint)), trusted),
         AnyBundle::V2(b) => verify(b, trusted),
     }
 }
@@ -836,9 +840,10 @@ fn verify_doc(doc: &Doc<'_>, trusted: &[NoteVerifier]) -> Result<Verified, Proof
 
     // Step 2: the checkpoint text and its rendering.
     let cp_at = Location::Checkpoint;
-    let cp = parse_checkpoint(doc.note, cp_at)?;
-    let rendering = render_checkpoint(doc.note, &cp).map_err(|e| err(cp_at, ErrorKind::Checkpoint(e)))?;
-    if !(doc.checkpoint_matches)(&rendering) {
+    let note = doc.checkpoint.note();
+    let cp = parse_checkpoint(note, cp_at)?;
+    let rendering = render_checkpoint(note, &cp).map_err(|e| err(cp_at, ErrorKind::Checkpoint(e)))?;
+    if !doc.checkpoint.matches(&rendering) {
         return Err(err(cp_at, ErrorKind::RenderingMismatch));
     }
     // Version 1 ignores the registry head (its bundles predate it).
@@ -880,7 +885,7 @@ fn verify_doc(doc: &Doc<'_>, trusted: &[NoteVerifier]) -> Result<Verified, Proof
     // Step 4: the checkpoint signature.
     let anchored =
         registry.anchor().is_some_and(|a| trusted.iter().any(|t| t.verifying_key() == &a.public_key));
-    let (_, signed_by, trust) = open_checkpoint(doc.note, trusted, &registry, anchored, cp_at)?;
+    let (_, signed_by, trust) = open_checkpoint(note, trusted, &registry, anchored, cp_at)?;
 
     // Step 5: the subject's events.
     let mut events: Vec<Decoded> = Vec::with_capacity(doc.events.len());
