@@ -26,15 +26,27 @@ pub struct PointInTime {
     pub skipped: u64,
 }
 
+/// Apply one raw event of a patient stream to `chart`: the one place the read side folds
+/// raw events in memory. An undecodable (erased) event is left out: answers `false`, for
+/// the caller to count.
+fn apply_raw(chart: &mut Chart, r: &RecordedEvent) -> bool {
+    match Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
+        Ok(e) => {
+            chart.apply(&e);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Fold raw events of a patient stream; undecodable (erased) events are left out and
-/// counted. The one place the read side folds raw events in memory.
+/// counted.
 pub(crate) fn fold(patient_id: Uuid, raw: &[RecordedEvent], as_of: Option<Timestamp>) -> PointInTime {
     let mut chart = Chart::new(patient_id);
     let mut skipped = 0;
     for r in raw {
-        match Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
-            Ok(e) => chart.apply(&e),
-            Err(_) => skipped += 1,
+        if !apply_raw(&mut chart, r) {
+            skipped += 1;
         }
     }
     PointInTime { chart, as_of, events: raw.len() as u64, skipped }
@@ -92,9 +104,8 @@ pub async fn replay(
             if r.event.stream_revision() != events {
                 return Err(ProjectionError::Corrupt { what: "stream revisions are not contiguous" });
             }
-            match Recorded::decode(r.position, &r.event, r.payload.as_ref()) {
-                Ok(e) => chart.apply(&e),
-                Err(_) => skipped += 1,
+            if !apply_raw(&mut chart, r) {
+                skipped += 1;
             }
             events += 1;
             if take.is_some_and(|(n, _)| n == events) {
@@ -276,9 +287,8 @@ pub async fn check_snapshots(store: &EventStore, patient_id: Uuid) -> Result<Vec
     for row in &rows {
         let revision = upos(row.try_get("revision")?);
         while (next as u64) <= revision && next < raw.len() {
-            match Recorded::decode(raw[next].position, &raw[next].event, raw[next].payload.as_ref()) {
-                Ok(e) => chart.apply(&e),
-                Err(_) => skipped += 1,
+            if !apply_raw(&mut chart, &raw[next]) {
+                skipped += 1;
             }
             next += 1;
         }
