@@ -43,7 +43,10 @@ CREATE TABLE __SCHEMA__.entries (
     PRIMARY KEY (patient_id, entry_id)
 ) WITH (fillfactor = 70);
 
--- Every version of every entry (recorded, amended, entered in error).
+-- Every version of every entry (recorded, amended, entered in error). The content is
+-- `json`, not `jsonb`: it is only ever read back whole, and `json` stores the text the
+-- runner wrote (canonical serde JSON) without parsing it into a tree on the way in or
+-- printing it on the way out.
 CREATE TABLE __SCHEMA__.entry_versions (
     entry_id     uuid NOT NULL,
     version      integer NOT NULL,
@@ -51,7 +54,7 @@ CREATE TABLE __SCHEMA__.entry_versions (
     change       text NOT NULL,
     amendment_id uuid,
     reason       text,
-    content      jsonb NOT NULL,
+    content      json NOT NULL,
     effective_at timestamptz NOT NULL,
     author_id    uuid NOT NULL,
     author_role  text NOT NULL,

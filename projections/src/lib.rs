@@ -14,6 +14,7 @@
 //! - [`service`]: the command side: load a patient's stream, `decide`, append with the
 //!   expected revision (retrying on a race), idempotent on the client's event id.
 
+mod copy;
 pub mod error;
 pub mod pit;
 pub mod queries;

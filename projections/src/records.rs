@@ -6,6 +6,14 @@
 //! invariant, see `domain::chart`), applies `Chart::apply` to them, and writes those
 //! entities back. History rows (entry versions, consent versions, access log) are
 //! insert-only, so a version is written once: when its position is in the batch.
+//!
+//! **Bulk path.** Rows that cannot exist yet go to PostgreSQL by binary COPY
+//! ([`crate::copy`]), the rest by `INSERT ... ON CONFLICT` over `UNNEST`ed arrays:
+//! - history rows always (a batch's positions were never applied before: the runner's
+//!   position check guarantees it, and the tables' keys refuse a repeat);
+//! - current-state rows (patients, entries, care-team members, appointments) while the
+//!   cache is fresh (the runner started on empty tables and has kept every chart) and
+//!   has not written the row yet, as in a rebuild.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -16,7 +24,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use crate::copy::CopyRows;
 use crate::error::ProjectionError;
+
 use crate::sqlmap::*;
 
 /// The SQL that creates one generation's tables.
@@ -46,6 +56,10 @@ pub struct ChartCache {
     /// entity it wrote since: nothing needs loading. Cleared with the cache (after an
     /// eviction or a failed transaction, including another runner moving the position).
     pub fresh: bool,
+    /// While `fresh`: the current-state rows (patient rows under `Demographics`, entries,
+    /// care-team members, appointments) written so far. A row not in it does not exist
+    /// in the tables yet, so it is written by COPY instead of an upsert.
+    written: HashSet<(Uuid, EntityKey)>,
 }
 
 impl ChartCache {
@@ -55,6 +69,7 @@ impl ChartCache {
     pub fn clear(&mut self) {
         self.charts.clear();
         self.loaded.clear();
+        self.written.clear();
         self.fresh = false;
     }
     pub fn len(&self) -> usize {
@@ -402,11 +417,16 @@ fn text_array(col: &str) -> String {
 async fn write_charts(
     conn: &mut PgConnection,
     schema: &str,
-    cache: &ChartCache,
+    cache: &mut ChartCache,
     patients: &BTreeSet<Uuid>,
     touched: &BTreeSet<(Uuid, EntityKey)>,
     first_position: u64,
 ) -> Result<(), ProjectionError> {
+    let ChartCache { charts, written, fresh, .. } = cache;
+    let fresh = *fresh;
+    // A current-state row is new (COPY) when the runner is fresh and has not written it.
+    let new_row = |written: &mut HashSet<_>, key: (Uuid, EntityKey)| fresh && written.insert(key);
+
     // Patients: the whole row where the batch touched the demographics, else only the
     // fold's counters. A chart with demographics whose demographics this batch did not
     // touch already has its row (written by the batch that touched them, or loaded from
@@ -414,42 +434,57 @@ async fn write_charts(
     // are exactly `registered = false` and the counters.
     let mut p = PatientCols::default();
     let mut counters = CounterCols::default();
+    let mut new_patients = CopyRows::new(15);
     for id in patients {
-        if let Some(chart) = cache.charts.get(id) {
-            if touched.contains(&(*id, EntityKey::Demographics)) {
+        if let Some(chart) = charts.get(id) {
+            if new_row(written, (*id, EntityKey::Demographics)) {
+                copy_patient(&mut new_patients, chart)?;
+            } else if touched.contains(&(*id, EntityKey::Demographics)) {
                 p.push(chart);
             } else {
                 counters.push(chart);
             }
         }
     }
+    new_patients.copy_into(conn, &format!("{schema}.{PATIENT_TARGET}")).await?;
     p.write(conn, schema).await?;
     counters.write(conn, schema).await?;
 
     let mut entries = EntryCols::default();
-    let mut versions = VersionCols::default();
-    let mut consents = ConsentCols::default();
+    let mut new_entries = CopyRows::new(8);
+    let mut versions = CopyRows::new(13);
+    let mut consents = CopyRows::new(13);
     let (mut care_keep, mut care_gone) = (CareCols::default(), (Vec::new(), Vec::new()));
+    let mut new_care = CopyRows::new(5);
     let mut appts = AppointmentCols::default();
+    let mut new_appts = CopyRows::new(9);
     for (patient, key) in touched {
-        let Some(chart) = cache.charts.get(patient) else { continue };
+        let Some(chart) = charts.get(patient) else { continue };
         match key {
             EntityKey::Demographics => {}
             EntityKey::Entry(id) => {
                 if let Some(e) = chart.entries.get(id) {
-                    entries.push(*patient, e);
+                    if new_row(written, (*patient, *key)) {
+                        copy_entry(&mut new_entries, *patient, e)?;
+                    } else {
+                        entries.push(*patient, e);
+                    }
                     for v in e.versions.iter().filter(|v| v.position >= first_position) {
-                        versions.push(*patient, e.entry_id, v);
+                        push_version(&mut versions, *patient, e.entry_id, v)?;
                     }
                 }
             }
             EntityKey::Consent => {
                 for v in chart.consent.versions.iter().filter(|v| v.position >= first_position) {
-                    consents.push(*patient, v);
+                    push_consent(&mut consents, *patient, v)?;
                 }
             }
             EntityKey::CareTeamMember(c) => match chart.care_team.get(c) {
+                Some(m) if new_row(written, (*patient, *key)) => copy_care(&mut new_care, *patient, m)?,
                 Some(m) => care_keep.push(*patient, m),
+                // Never written (fresh): nothing to delete. Written before: its row goes,
+                // and a later assignment writes a new one.
+                None if fresh && !written.remove(&(*patient, *key)) => {}
                 None => {
                     care_gone.0.push(*patient);
                     care_gone.1.push(*c);
@@ -457,14 +492,19 @@ async fn write_charts(
             },
             EntityKey::Appointment(a) => {
                 if let Some(a) = chart.appointments.get(a) {
-                    appts.push(*patient, a);
+                    if new_row(written, (*patient, *key)) {
+                        copy_appointment(&mut new_appts, *patient, a)?;
+                    } else {
+                        appts.push(*patient, a);
+                    }
                 }
             }
         }
     }
+    new_entries.copy_into(conn, &format!("{schema}.{ENTRY_TARGET}")).await?;
     entries.write(conn, schema).await?;
-    versions.write(conn, schema).await?;
-    consents.write(conn, schema).await?;
+    versions.copy_into(conn, &format!("{schema}.{VERSION_TARGET}")).await?;
+    consents.copy_into(conn, &format!("{schema}.{CONSENT_TARGET}")).await?;
     if !care_gone.0.is_empty() {
         let sql = format!(
             "DELETE FROM {schema}.care_team WHERE (patient_id, clinician_id) IN \
@@ -472,8 +512,86 @@ async fn write_charts(
         );
         sqlx::query(&sql).bind(&care_gone.0).bind(&care_gone.1).execute(&mut *conn).await?;
     }
+    new_care.copy_into(conn, &format!("{schema}.{CARE_TARGET}")).await?;
     care_keep.write(conn, schema).await?;
+    new_appts.copy_into(conn, &format!("{schema}.{APPOINTMENT_TARGET}")).await?;
     appts.write(conn, schema).await?;
+    Ok(())
+}
+
+// New current-state rows, for COPY (the upserts below write the same columns).
+
+const PATIENT_TARGET: &str =
+    "patients (patient_id, registered, mrn, family, given, birth_date, sex, contact, \
+     registered_at, updated_at, demographics_version, merged_into, revision, position, anomalies)";
+
+fn copy_patient(rows: &mut CopyRows, c: &Chart) -> Result<(), ProjectionError> {
+    let d = c.demographics.as_ref();
+    rows.row()
+        .put(c.patient_id)?
+        .put(d.is_some())?
+        .put(d.map(|d| d.mrn.as_str()))?
+        .put(d.map(|d| d.name.family.as_str()))?
+        .put(d.map(|d| &d.name.given))?
+        .put(d.map(|d| d.birth_date))?
+        .put(d.map(|d| name(&d.sex)))?;
+    match d {
+        Some(d) => rows.put_jsonb(&json(&d.contact))?,
+        None => rows.put(None::<&str>)?,
+    };
+    rows.put(d.map(|d| odt(d.registered_at)))?
+        .put(d.map(|d| odt(d.updated_at)))?
+        .put(d.map(|d| d.version as i32))?
+        .put(d.and_then(|d| d.merged_into))?
+        .put(c.revision.map(pos).unwrap_or(0))?
+        .put(c.position.map(pos).unwrap_or(0))?
+        .put(pos(c.anomalies))?;
+    Ok(())
+}
+
+const ENTRY_TARGET: &str =
+    "entries (entry_id, patient_id, kind, status, current_version, effective_at, recorded_at, position)";
+
+fn copy_entry(rows: &mut CopyRows, patient: Uuid, e: &Entry) -> Result<(), ProjectionError> {
+    let Some(cur) = e.current() else { return Ok(()) };
+    rows.row()
+        .put(e.entry_id)?
+        .put(patient)?
+        .put(e.kind.as_str())?
+        .put(e.status.as_str())?
+        .put(cur.version as i32)?
+        .put(odt(cur.effective_at))?
+        .put(odt(cur.recorded_at))?
+        .put(pos(cur.position))?;
+    Ok(())
+}
+
+const CARE_TARGET: &str = "care_team (patient_id, clinician_id, care_role, assigned_at, assigned_by)";
+
+fn copy_care(rows: &mut CopyRows, patient: Uuid, m: &CareTeamMember) -> Result<(), ProjectionError> {
+    rows.row()
+        .put(patient)?
+        .put(m.clinician_id)?
+        .put(m.care_role.as_str())?
+        .put(odt(m.assigned_at))?
+        .put(m.assigned_by)?;
+    Ok(())
+}
+
+const APPOINTMENT_TARGET: &str =
+    "appointments (appointment_id, patient_id, clinician_id, visit_type, start_at, end_at, status, version, updated_at)";
+
+fn copy_appointment(rows: &mut CopyRows, patient: Uuid, a: &Appointment) -> Result<(), ProjectionError> {
+    rows.row()
+        .put(a.appointment_id)?
+        .put(patient)?
+        .put(a.clinician_id)?
+        .put(a.visit_type.as_str())?
+        .put(odt(a.start))?
+        .put(odt(a.end))?
+        .put(a.status.as_str())?
+        .put(a.version as i32)?
+        .put(odt(a.updated_at))?;
     Ok(())
 }
 
@@ -638,150 +756,64 @@ impl EntryCols {
     }
 }
 
-#[derive(Default)]
-struct VersionCols {
-    entry: Vec<Uuid>,
-    version: Vec<i32>,
-    patient: Vec<Uuid>,
-    change: Vec<String>,
-    amendment: Vec<Option<Uuid>>,
-    reason: Vec<Option<String>>,
-    content: Vec<String>,
-    effective: Vec<time::OffsetDateTime>,
-    author: Vec<Uuid>,
-    role: Vec<String>,
-    recorded: Vec<time::OffsetDateTime>,
-    event: Vec<Uuid>,
-    position: Vec<i64>,
+const VERSION_TARGET: &str =
+    "entry_versions (entry_id, version, patient_id, change, amendment_id, reason, content, \
+     effective_at, author_id, author_role, recorded_at, event_id, position)";
+
+/// An entry version's row; versions are insert-only and written in the batch that holds
+/// their position, so the row cannot exist yet.
+fn push_version(
+    rows: &mut CopyRows,
+    patient: Uuid,
+    entry: Uuid,
+    v: &EntryVersion,
+) -> Result<(), ProjectionError> {
+    let amendment = match &v.change {
+        VersionChange::Amended { amendment_id, .. } => Some(*amendment_id),
+        _ => None,
+    };
+    rows.row()
+        .put(entry)?
+        .put(v.version as i32)?
+        .put(patient)?
+        .put(v.change.as_str())?
+        .put(amendment)?
+        .put(v.change.reason())?
+        .put_json(&json(&v.content))?
+        .put(odt(v.effective_at))?
+        .put(v.author.user_id)?
+        .put(v.author.role.as_str())?
+        .put(odt(v.recorded_at))?
+        .put(v.event_id)?
+        .put(pos(v.position))?;
+    Ok(())
 }
 
-impl VersionCols {
-    fn push(&mut self, patient: Uuid, entry: Uuid, v: &EntryVersion) {
-        self.entry.push(entry);
-        self.version.push(v.version as i32);
-        self.patient.push(patient);
-        self.change.push(v.change.as_str().to_owned());
-        self.amendment.push(match &v.change {
-            VersionChange::Amended { amendment_id, .. } => Some(*amendment_id),
-            _ => None,
-        });
-        self.reason.push(v.change.reason().map(str::to_owned));
-        self.content.push(json(&v.content));
-        self.effective.push(odt(v.effective_at));
-        self.author.push(v.author.user_id);
-        self.role.push(v.author.role.as_str().to_owned());
-        self.recorded.push(odt(v.recorded_at));
-        self.event.push(v.event_id);
-        self.position.push(pos(v.position));
-    }
-    async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
-        if self.entry.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "INSERT INTO {schema}.entry_versions (entry_id, version, patient_id, change, amendment_id, reason, content, \
-               effective_at, author_id, author_role, recorded_at, event_id, position) \
-             SELECT e, v, p, c, a, r, ct::jsonb, ef, au, ro, rc, ev, pos \
-             FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], $7::text[], \
-                         $8::timestamptz[], $9::uuid[], $10::text[], $11::timestamptz[], $12::uuid[], $13::bigint[]) \
-                  AS u(e, v, p, c, a, r, ct, ef, au, ro, rc, ev, pos) \
-             ON CONFLICT (patient_id, entry_id, version) DO NOTHING"
-        );
-        sqlx::query(&sql)
-            .bind(self.entry)
-            .bind(self.version)
-            .bind(self.patient)
-            .bind(self.change)
-            .bind(self.amendment)
-            .bind(self.reason)
-            .bind(self.content)
-            .bind(self.effective)
-            .bind(self.author)
-            .bind(self.role)
-            .bind(self.recorded)
-            .bind(self.event)
-            .bind(self.position)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
-}
+const CONSENT_TARGET: &str =
+    "consents (patient_id, version, consent_id, change, method, supersedes, withdrawn, granted, \
+     witness_id, effective_at, recorded_at, recorded_by, position)";
 
-#[derive(Default)]
-struct ConsentCols {
-    patient: Vec<Uuid>,
-    version: Vec<i32>,
-    consent: Vec<Uuid>,
-    change: Vec<String>,
-    method: Vec<Option<String>>,
-    supersedes: Vec<Option<Uuid>>,
-    withdrawn: Vec<Option<String>>,
-    granted: Vec<String>,
-    witness: Vec<Option<Uuid>>,
-    effective: Vec<time::OffsetDateTime>,
-    recorded: Vec<time::OffsetDateTime>,
-    by: Vec<Uuid>,
-    position: Vec<i64>,
-}
-
-impl ConsentCols {
-    fn push(&mut self, patient: Uuid, v: &ConsentVersion) {
-        self.patient.push(patient);
-        self.version.push(v.version as i32);
-        self.consent.push(v.consent_id);
-        self.change.push(v.change.as_str().to_owned());
-        match &v.change {
-            ConsentChange::Recorded { method, supersedes } => {
-                self.method.push(Some(name(method)));
-                self.supersedes.push(*supersedes);
-                self.withdrawn.push(None);
-            }
-            ConsentChange::Withdrawn { purposes } => {
-                self.method.push(None);
-                self.supersedes.push(None);
-                self.withdrawn.push(Some(array_literal(names(purposes))));
-            }
-        }
-        self.granted.push(array_literal(names(&v.granted)));
-        self.witness.push(v.witness_id);
-        self.effective.push(odt(v.effective_at));
-        self.recorded.push(odt(v.recorded_at));
-        self.by.push(v.recorded_by);
-        self.position.push(pos(v.position));
-    }
-    async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
-        if self.patient.is_empty() {
-            return Ok(());
-        }
-        let sql = format!(
-            "INSERT INTO {schema}.consents (patient_id, version, consent_id, change, method, supersedes, withdrawn, granted, \
-               witness_id, effective_at, recorded_at, recorded_by, position) \
-             SELECT p, v, c, ch, m, s, CASE WHEN w IS NULL THEN NULL ELSE {w} END, {g}, wi, ef, rc, b, pos \
-             FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[], \
-                         $9::uuid[], $10::timestamptz[], $11::timestamptz[], $12::uuid[], $13::bigint[]) \
-                  AS u(p, v, c, ch, m, s, w, g, wi, ef, rc, b, pos) \
-             ON CONFLICT (patient_id, version) DO NOTHING",
-            w = text_array("w"),
-            g = text_array("g"),
-        );
-        sqlx::query(&sql)
-            .bind(self.patient)
-            .bind(self.version)
-            .bind(self.consent)
-            .bind(self.change)
-            .bind(self.method)
-            .bind(self.supersedes)
-            .bind(self.withdrawn)
-            .bind(self.granted)
-            .bind(self.witness)
-            .bind(self.effective)
-            .bind(self.recorded)
-            .bind(self.by)
-            .bind(self.position)
-            .execute(conn)
-            .await?;
-        Ok(())
-    }
+/// A consent version's row (insert-only, like entry versions).
+fn push_consent(rows: &mut CopyRows, patient: Uuid, v: &ConsentVersion) -> Result<(), ProjectionError> {
+    let (method, supersedes, withdrawn) = match &v.change {
+        ConsentChange::Recorded { method, supersedes } => (Some(name(method)), *supersedes, None),
+        ConsentChange::Withdrawn { purposes } => (None, None, Some(names(purposes))),
+    };
+    rows.row()
+        .put(patient)?
+        .put(v.version as i32)?
+        .put(v.consent_id)?
+        .put(v.change.as_str())?
+        .put(method)?
+        .put(supersedes)?
+        .put(withdrawn)?
+        .put(names(&v.granted))?
+        .put(v.witness_id)?
+        .put(odt(v.effective_at))?
+        .put(odt(v.recorded_at))?
+        .put(v.recorded_by)?
+        .put(pos(v.position))?;
+    Ok(())
 }
 
 #[derive(Default)]
@@ -874,41 +906,34 @@ impl AppointmentCols {
     }
 }
 
+/// The access log is insert-only, one row per access event of the batch.
 async fn write_access(
     conn: &mut PgConnection,
     schema: &str,
-    rows: &[AccessLogEntry],
+    entries: &[AccessLogEntry],
 ) -> Result<(), ProjectionError> {
-    if rows.is_empty() {
-        return Ok(());
+    let mut rows = CopyRows::new(13);
+    for r in entries {
+        rows.row()
+            .put(pos(r.position))?
+            .put(r.event_id)?
+            .put(r.patient_id)?
+            .put(r.user_id)?
+            .put(r.role.as_str())?
+            .put(odt(r.accessed_at))?
+            .put(names(&r.resources))?
+            .put(r.action.as_str())?
+            .put(r.purpose.as_str())?
+            .put(r.break_glass_reason.as_deref())?
+            .put(r.client_addr.as_deref())?
+            .put(r.user_agent.as_deref())?
+            .put(r.session_id)?;
     }
-    let sql = format!(
-        "INSERT INTO {schema}.access_log (position, event_id, patient_id, user_id, role, accessed_at, resources, action, \
-           purpose, break_glass_reason, client_addr, user_agent, session_id) \
-         SELECT pos, ev, p, us, ro, at, {res}, ac, pu, bg, ca, ua, se \
-         FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::timestamptz[], $7::text[], \
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::uuid[]) \
-              AS u(pos, ev, p, us, ro, at, r, ac, pu, bg, ca, ua, se) \
-         ON CONFLICT (position) DO NOTHING",
-        res = text_array("r"),
+    let target = format!(
+        "{schema}.access_log (position, event_id, patient_id, user_id, role, accessed_at, resources, action, \
+           purpose, break_glass_reason, client_addr, user_agent, session_id)"
     );
-    sqlx::query(&sql)
-        .bind(rows.iter().map(|r| pos(r.position)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.patient_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.user_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.role.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| odt(r.accessed_at)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| array_literal(names(&r.resources))).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.action.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.purpose.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.break_glass_reason.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.client_addr.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.user_agent.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.session_id).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
-    Ok(())
+    rows.copy_into(conn, &target).await
 }
 
 /// The staff directory fold, in SQL: staff events are rare, one statement each.

@@ -40,8 +40,12 @@ pub const PROJECTION: &str = "records";
 pub struct RunnerConfig {
     /// Most events per live batch (one transaction).
     pub batch_events: usize,
-    /// Events per page when catching up or rebuilding.
+    /// Events per page read when catching up or rebuilding.
     pub page_events: usize,
+    /// Events per transaction when catching up or rebuilding: consecutive pages are
+    /// applied together up to this many, so an entity touched by several of them (a
+    /// patient's counters, an amended entry) is written once.
+    pub commit_events: usize,
     /// Partial charts kept between batches before the cache is dropped.
     pub cache_charts: usize,
     /// Wait before retrying after a database error.
@@ -53,6 +57,7 @@ impl Default for RunnerConfig {
         Self {
             batch_events: 2000,
             page_events: 10_000,
+            commit_events: 100_000,
             cache_charts: 100_000,
             retry_backoff: Duration::from_millis(500),
         }
@@ -339,32 +344,50 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
     let mut cache = if position == 0 { ChartCache::fresh() } else { ChartCache::default() };
     let page = inner.config.page_events.max(1);
 
-    // Catch up by pages, reading the next page while applying this one.
+    // Catch up by pages: `READ_AHEAD` pages are read and decoded concurrently (positions
+    // are gapless, so page k starts at `position + k * page`) while the runner applies
+    // the ones before them, committing once `commit_events` have arrived (or at the end
+    // of the backlog).
     let read = |from: u64| {
         let store = inner.store.clone();
-        tokio::spawn(async move { read_page(&store, from, page).await })
+        AbortOnDrop(tokio::spawn(async move { read_page(&store, from, page).await }))
     };
-    let mut next = Some(read(position));
-    while let Some(pending) = next.take() {
-        let decoded = pending.await.map_err(|_| ProjectionError::Stopped)??;
-        let count = decoded.count;
-        if count == page {
-            next = Some(read(position + count as u64));
+    let mut next_page = position;
+    let mut reading = std::collections::VecDeque::new();
+    for _ in 0..READ_AHEAD {
+        reading.push_back(read(next_page));
+        next_page += page as u64;
+    }
+    let mut pending = Decoded::default();
+    loop {
+        let Some(mut first) = reading.pop_front() else { break };
+        let decoded = (&mut first.0).await.map_err(|_| ProjectionError::Stopped)??;
+        let more = decoded.count == page && decoded.newer.is_none();
+        if more {
+            reading.push_back(read(next_page));
+            next_page += page as u64;
         }
-        if count > 0 {
-            let Some(p) = commit(inner, generation, &schema, &mut cache, position, &decoded).await? else {
+        pending.extend(decoded);
+        if more && pending.count < inner.config.commit_events {
+            continue;
+        }
+        let batch = std::mem::take(&mut pending);
+        if batch.count > 0 {
+            let Some(p) = commit(inner, generation, &schema, &mut cache, position, &batch).await? else {
                 return Ok(Exit::Retired);
             };
             position = p;
         }
-        if let Some(position) = decoded.newer {
+        if let Some(position) = batch.newer {
             create_indexes(&inner.pool, &schema).await?;
             return Err(ProjectionError::NewerEvent { position });
         }
-        if count < page {
+        if !more {
             break;
         }
     }
+    // Pages read past the end of the backlog are not used (live mode reads them again).
+    drop(reading);
     create_indexes(&inner.pool, &schema).await?;
     if *building && try_switch(inner, generation).await? {
         *building = false;
@@ -402,6 +425,7 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
 /// positions `from..from + count`), how many of those were skipped because they could
 /// not be decoded, and the position of an event written by a newer build, where the
 /// page was cut short.
+#[derive(Default)]
 struct Decoded {
     events: Vec<Recorded>,
     count: usize,
@@ -409,9 +433,32 @@ struct Decoded {
     newer: Option<u64>,
 }
 
+impl Decoded {
+    /// Append the page that follows this one (nothing follows a page cut short).
+    fn extend(&mut self, next: Decoded) {
+        debug_assert!(self.newer.is_none());
+        self.events.extend(next.events);
+        self.count += next.count;
+        self.skipped += next.skipped;
+        self.newer = next.newer;
+    }
+}
+
 async fn read_page(store: &EventStore, from: u64, max: usize) -> Result<Decoded, ProjectionError> {
     let raw = store.read_all(from, max, &AllFilter::default()).await?;
     decode_all(from, &raw)
+}
+
+/// Pages read ahead of the catch-up's transactions (each up to `page_events` events).
+const READ_AHEAD: usize = 3;
+
+/// A task that stops when its owner drops it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Decode what can be decoded. Key-registry events are not domain events. An erased or
