@@ -45,7 +45,7 @@ pub struct SnapshotPolicy {
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        Self { first: 256, per_doubling: 8, write_inline: false }
+        Self { first: 128, per_doubling: 8, write_inline: false }
     }
 }
 
