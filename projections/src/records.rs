@@ -33,6 +33,11 @@ use crate::sqlmap::*;
 pub const TABLES_SQL: &str = include_str!("../sql/records.sql");
 /// The SQL that creates a generation's secondary indexes (idempotent).
 pub const INDEXES_SQL: &str = include_str!("../sql/records_indexes.sql");
+/// The statements of an SQL file made of one-line statements ending in `;` and `--`
+/// comment lines (as `INDEXES_SQL`).
+pub fn statements(sql: &str) -> Vec<&str> {
+    sql.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("--")).collect()
+}
 /// The tables each generation has; `rm.<table>` views point at the active one.
 pub const TABLES: &[&str] = &[
     "patients",
@@ -91,46 +96,90 @@ pub async fn apply_batch(
     cache: &mut ChartCache,
     events: &[Recorded],
 ) -> Result<(), ProjectionError> {
-    let Some(first_position) = events.first().map(|e| e.position) else { return Ok(()) };
-    let mut touched: BTreeSet<(Uuid, EntityKey)> = BTreeSet::new();
-    let mut touched_patients: BTreeSet<Uuid> = BTreeSet::new();
-    let mut access = Vec::new();
-    let mut staff = Vec::new();
-    let mut chart_events = Vec::new();
-    for r in events {
-        match &r.event {
-            DomainEvent::RecordAccessed(_) => access.extend(AccessLogEntry::of(r)),
-            DomainEvent::UserCreated(_)
-            | DomainEvent::RoleGranted(_)
-            | DomainEvent::RoleRevoked(_)
-            | DomainEvent::UserDeactivated(_) => staff.push(r),
-            e => {
-                if let (Some(key), Some(patient)) = (EntityKey::of(e), domain::streams::patient_of(&r.stream))
-                {
-                    touched.insert((patient, key));
-                    touched_patients.insert(patient);
-                    chart_events.push((patient, r));
+    let batch = Batch::of(events);
+    if !cache.fresh {
+        load_missing(conn, schema, cache, &batch.touched_patients, &batch.touched).await?;
+    }
+    prepare(cache, batch)?.write(conn, schema).await
+}
+
+/// Fold a batch into a fresh cache and encode the rows it changes, without the database:
+/// a runner that has kept every chart prepares its next batch while the previous one is
+/// being written. `None` when the cache is not fresh (its misses must be loaded first,
+/// after the previous batch has committed).
+pub(crate) fn prepare_fresh(
+    cache: &mut ChartCache,
+    events: &[Recorded],
+) -> Result<Option<Prepared>, ProjectionError> {
+    if !cache.fresh {
+        return Ok(None);
+    }
+    prepare(cache, Batch::of(events)).map(Some)
+}
+
+/// A batch's events sorted by what they change.
+struct Batch<'a> {
+    first_position: Option<u64>,
+    touched: BTreeSet<(Uuid, EntityKey)>,
+    touched_patients: BTreeSet<Uuid>,
+    access: Vec<AccessLogEntry>,
+    staff: Vec<Recorded>,
+    chart_events: Vec<(Uuid, &'a Recorded)>,
+}
+
+impl<'a> Batch<'a> {
+    fn of(events: &'a [Recorded]) -> Self {
+        let mut b = Batch {
+            first_position: events.first().map(|e| e.position),
+            touched: BTreeSet::new(),
+            touched_patients: BTreeSet::new(),
+            access: Vec::new(),
+            staff: Vec::new(),
+            chart_events: Vec::new(),
+        };
+        for r in events {
+            match &r.event {
+                DomainEvent::RecordAccessed(_) => b.access.extend(AccessLogEntry::of(r)),
+                DomainEvent::UserCreated(_)
+                | DomainEvent::RoleGranted(_)
+                | DomainEvent::RoleRevoked(_)
+                | DomainEvent::UserDeactivated(_) => b.staff.push(r.clone()),
+                e => {
+                    if let (Some(key), Some(patient)) =
+                        (EntityKey::of(e), domain::streams::patient_of(&r.stream))
+                    {
+                        b.touched.insert((patient, key));
+                        b.touched_patients.insert(patient);
+                        b.chart_events.push((patient, r));
+                    }
                 }
             }
         }
+        b
     }
-    if !cache.fresh {
-        load_missing(conn, schema, cache, &touched_patients, &touched).await?;
-    }
-    for (patient, r) in chart_events {
-        cache.chart_mut(patient).apply(r);
-    }
-    for k in &touched {
-        cache.loaded.insert(*k);
-    }
-    write_charts(conn, schema, cache, &touched_patients, &touched, first_position).await?;
-    write_access(conn, schema, &access).await?;
-    for r in staff {
-        write_staff(conn, schema, r).await?;
-    }
-    Ok(())
 }
 
+/// Fold the batch into the cache (whose entities the batch touches are all loaded) and
+/// encode every row it changes.
+fn prepare(cache: &mut ChartCache, batch: Batch<'_>) -> Result<Prepared, ProjectionError> {
+    for (patient, r) in &batch.chart_events {
+        cache.chart_mut(*patient).apply(r);
+    }
+    for k in &batch.touched {
+        cache.loaded.insert(*k);
+    }
+    let mut prepared = Prepared { staff: batch.staff, ..Prepared::default() };
+    if let Some(first_position) = batch.first_position {
+        prepared.charts(cache, &batch.touched_patients, &batch.touched, first_position)?;
+    }
+    let access = prepared.access.get_or_insert_with(|| CopyRows::new(13));
+    for r in &batch.access {
+        push_access(access, r)?;
+    }
+    Ok(prepared)
+}
+
+// ------------------------------------------------------------------ loading
 // ------------------------------------------------------------------ loading
 
 const ENTRY_VERSION_COLS: &str =
@@ -414,109 +463,143 @@ fn text_array(col: &str) -> String {
     format!("{col}::text[]")
 }
 
-async fn write_charts(
-    conn: &mut PgConnection,
-    schema: &str,
-    cache: &mut ChartCache,
-    patients: &BTreeSet<Uuid>,
-    touched: &BTreeSet<(Uuid, EntityKey)>,
-    first_position: u64,
-) -> Result<(), ProjectionError> {
-    let ChartCache { charts, written, fresh, .. } = cache;
-    let fresh = *fresh;
-    // A current-state row is new (COPY) when the runner is fresh and has not written it.
-    let new_row = |written: &mut HashSet<_>, key: (Uuid, EntityKey)| fresh && written.insert(key);
+/// The rows a batch changes, encoded, ready to be written in one transaction.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    new_patients: Option<CopyRows>,
+    patients: PatientCols,
+    counters: CounterCols,
+    new_entries: Option<CopyRows>,
+    entries: EntryCols,
+    versions: Option<CopyRows>,
+    consents: Option<CopyRows>,
+    care_gone: (Vec<Uuid>, Vec<Uuid>),
+    new_care: Option<CopyRows>,
+    care_keep: CareCols,
+    new_appts: Option<CopyRows>,
+    appts: AppointmentCols,
+    access: Option<CopyRows>,
+    staff: Vec<Recorded>,
+}
 
-    // Patients: the whole row where the batch touched the demographics, else only the
-    // fold's counters. A chart with demographics whose demographics this batch did not
-    // touch already has its row (written by the batch that touched them, or loaded from
-    // it), so the counters-only upsert inserts only rows of unregistered charts, which
-    // are exactly `registered = false` and the counters.
-    let mut p = PatientCols::default();
-    let mut counters = CounterCols::default();
-    let mut new_patients = CopyRows::new(15);
-    for id in patients {
-        if let Some(chart) = charts.get(id) {
-            if new_row(written, (*id, EntityKey::Demographics)) {
-                copy_patient(&mut new_patients, chart)?;
-            } else if touched.contains(&(*id, EntityKey::Demographics)) {
-                p.push(chart);
-            } else {
-                counters.push(chart);
-            }
-        }
-    }
-    new_patients.copy_into(conn, &format!("{schema}.{PATIENT_TARGET}")).await?;
-    p.write(conn, schema).await?;
-    counters.write(conn, schema).await?;
+impl Prepared {
+    fn charts(
+        &mut self,
+        cache: &mut ChartCache,
+        patients: &BTreeSet<Uuid>,
+        touched: &BTreeSet<(Uuid, EntityKey)>,
+        first_position: u64,
+    ) -> Result<(), ProjectionError> {
+        let ChartCache { charts, written, fresh, .. } = cache;
+        let fresh = *fresh;
+        // A current-state row is new (COPY) when the runner is fresh and has not written it.
+        let new_row = |written: &mut HashSet<_>, key: (Uuid, EntityKey)| fresh && written.insert(key);
 
-    let mut entries = EntryCols::default();
-    let mut new_entries = CopyRows::new(8);
-    let mut versions = CopyRows::new(13);
-    let mut consents = CopyRows::new(13);
-    let (mut care_keep, mut care_gone) = (CareCols::default(), (Vec::new(), Vec::new()));
-    let mut new_care = CopyRows::new(5);
-    let mut appts = AppointmentCols::default();
-    let mut new_appts = CopyRows::new(9);
-    for (patient, key) in touched {
-        let Some(chart) = charts.get(patient) else { continue };
-        match key {
-            EntityKey::Demographics => {}
-            EntityKey::Entry(id) => {
-                if let Some(e) = chart.entries.get(id) {
-                    if new_row(written, (*patient, *key)) {
-                        copy_entry(&mut new_entries, *patient, e)?;
-                    } else {
-                        entries.push(*patient, e);
-                    }
-                    for v in e.versions.iter().filter(|v| v.position >= first_position) {
-                        push_version(&mut versions, *patient, e.entry_id, v)?;
-                    }
-                }
-            }
-            EntityKey::Consent => {
-                for v in chart.consent.versions.iter().filter(|v| v.position >= first_position) {
-                    push_consent(&mut consents, *patient, v)?;
-                }
-            }
-            EntityKey::CareTeamMember(c) => match chart.care_team.get(c) {
-                Some(m) if new_row(written, (*patient, *key)) => copy_care(&mut new_care, *patient, m)?,
-                Some(m) => care_keep.push(*patient, m),
-                // Never written (fresh): nothing to delete. Written before: its row goes,
-                // and a later assignment writes a new one.
-                None if fresh && !written.remove(&(*patient, *key)) => {}
-                None => {
-                    care_gone.0.push(*patient);
-                    care_gone.1.push(*c);
-                }
-            },
-            EntityKey::Appointment(a) => {
-                if let Some(a) = chart.appointments.get(a) {
-                    if new_row(written, (*patient, *key)) {
-                        copy_appointment(&mut new_appts, *patient, a)?;
-                    } else {
-                        appts.push(*patient, a);
-                    }
+        // Patients: the whole row where the batch touched the demographics, else only the
+        // fold's counters. A chart with demographics whose demographics this batch did not
+        // touch already has its row (written by the batch that touched them, or loaded from
+        // it), so the counters-only upsert inserts only rows of unregistered charts, which
+        // are exactly `registered = false` and the counters.
+        let new_patients = self.new_patients.get_or_insert_with(|| CopyRows::new(15));
+        for id in patients {
+            if let Some(chart) = charts.get(id) {
+                if new_row(written, (*id, EntityKey::Demographics)) {
+                    copy_patient(new_patients, chart)?;
+                } else if touched.contains(&(*id, EntityKey::Demographics)) {
+                    self.patients.push(chart);
+                } else {
+                    self.counters.push(chart);
                 }
             }
         }
+        let new_entries = self.new_entries.get_or_insert_with(|| CopyRows::new(8));
+        let versions = self.versions.get_or_insert_with(|| CopyRows::new(13));
+        let consents = self.consents.get_or_insert_with(|| CopyRows::new(13));
+        let new_care = self.new_care.get_or_insert_with(|| CopyRows::new(5));
+        let new_appts = self.new_appts.get_or_insert_with(|| CopyRows::new(9));
+        for (patient, key) in touched {
+            let Some(chart) = charts.get(patient) else { continue };
+            match key {
+                EntityKey::Demographics => {}
+                EntityKey::Entry(id) => {
+                    if let Some(e) = chart.entries.get(id) {
+                        if new_row(written, (*patient, *key)) {
+                            copy_entry(new_entries, *patient, e)?;
+                        } else {
+                            self.entries.push(*patient, e);
+                        }
+                        for v in e.versions.iter().filter(|v| v.position >= first_position) {
+                            push_version(versions, *patient, e.entry_id, v)?;
+                        }
+                    }
+                }
+                EntityKey::Consent => {
+                    for v in chart.consent.versions.iter().filter(|v| v.position >= first_position) {
+                        push_consent(consents, *patient, v)?;
+                    }
+                }
+                EntityKey::CareTeamMember(c) => match chart.care_team.get(c) {
+                    Some(m) if new_row(written, (*patient, *key)) => copy_care(new_care, *patient, m)?,
+                    Some(m) => self.care_keep.push(*patient, m),
+                    // Never written (fresh): nothing to delete. Written before: its row goes,
+                    // and a later assignment writes a new one.
+                    None if fresh && !written.remove(&(*patient, *key)) => {}
+                    None => {
+                        self.care_gone.0.push(*patient);
+                        self.care_gone.1.push(*c);
+                    }
+                },
+                EntityKey::Appointment(a) => {
+                    if let Some(a) = chart.appointments.get(a) {
+                        if new_row(written, (*patient, *key)) {
+                            copy_appointment(new_appts, *patient, a)?;
+                        } else {
+                            self.appts.push(*patient, a);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    new_entries.copy_into(conn, &format!("{schema}.{ENTRY_TARGET}")).await?;
-    entries.write(conn, schema).await?;
-    versions.copy_into(conn, &format!("{schema}.{VERSION_TARGET}")).await?;
-    consents.copy_into(conn, &format!("{schema}.{CONSENT_TARGET}")).await?;
-    if !care_gone.0.is_empty() {
-        let sql = format!(
-            "DELETE FROM {schema}.care_team WHERE (patient_id, clinician_id) IN \
-             (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))"
-        );
-        sqlx::query(&sql).bind(&care_gone.0).bind(&care_gone.1).execute(&mut *conn).await?;
+
+    /// Write the rows in the caller's transaction.
+    pub async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
+        async fn copy(
+            conn: &mut PgConnection,
+            rows: Option<CopyRows>,
+            schema: &str,
+            target: &str,
+        ) -> Result<(), ProjectionError> {
+            match rows {
+                Some(rows) => rows.copy_into(conn, &format!("{schema}.{target}")).await,
+                None => Ok(()),
+            }
+        }
+        copy(conn, self.new_patients, schema, PATIENT_TARGET).await?;
+        self.patients.write(conn, schema).await?;
+        self.counters.write(conn, schema).await?;
+        copy(conn, self.new_entries, schema, ENTRY_TARGET).await?;
+        self.entries.write(conn, schema).await?;
+        copy(conn, self.versions, schema, VERSION_TARGET).await?;
+        copy(conn, self.consents, schema, CONSENT_TARGET).await?;
+        if !self.care_gone.0.is_empty() {
+            let sql = format!(
+                "DELETE FROM {schema}.care_team WHERE (patient_id, clinician_id) IN \
+                 (SELECT * FROM UNNEST($1::uuid[], $2::uuid[]))"
+            );
+            sqlx::query(&sql).bind(&self.care_gone.0).bind(&self.care_gone.1).execute(&mut *conn).await?;
+        }
+        copy(conn, self.new_care, schema, CARE_TARGET).await?;
+        self.care_keep.write(conn, schema).await?;
+        copy(conn, self.new_appts, schema, APPOINTMENT_TARGET).await?;
+        self.appts.write(conn, schema).await?;
+        copy(conn, self.access, schema, ACCESS_TARGET).await?;
+        for r in &self.staff {
+            write_staff(conn, schema, r).await?;
+        }
+        Ok(())
     }
-    new_care.copy_into(conn, &format!("{schema}.{CARE_TARGET}")).await?;
-    care_keep.write(conn, schema).await?;
-    new_appts.copy_into(conn, &format!("{schema}.{APPOINTMENT_TARGET}")).await?;
-    appts.write(conn, schema).await?;
-    Ok(())
 }
 
 // New current-state rows, for COPY (the upserts below write the same columns).
@@ -906,34 +989,27 @@ impl AppointmentCols {
     }
 }
 
-/// The access log is insert-only, one row per access event of the batch.
-async fn write_access(
-    conn: &mut PgConnection,
-    schema: &str,
-    entries: &[AccessLogEntry],
-) -> Result<(), ProjectionError> {
-    let mut rows = CopyRows::new(13);
-    for r in entries {
-        rows.row()
-            .put(pos(r.position))?
-            .put(r.event_id)?
-            .put(r.patient_id)?
-            .put(r.user_id)?
-            .put(r.role.as_str())?
-            .put(odt(r.accessed_at))?
-            .put(names(&r.resources))?
-            .put(r.action.as_str())?
-            .put(r.purpose.as_str())?
-            .put(r.break_glass_reason.as_deref())?
-            .put(r.client_addr.as_deref())?
-            .put(r.user_agent.as_deref())?
-            .put(r.session_id)?;
-    }
-    let target = format!(
-        "{schema}.access_log (position, event_id, patient_id, user_id, role, accessed_at, resources, action, \
-           purpose, break_glass_reason, client_addr, user_agent, session_id)"
-    );
-    rows.copy_into(conn, &target).await
+const ACCESS_TARGET: &str =
+    "access_log (position, event_id, patient_id, user_id, role, accessed_at, resources, \
+     action, purpose, break_glass_reason, client_addr, user_agent, session_id)";
+
+/// An access-log row: insert-only, one per access event.
+fn push_access(rows: &mut CopyRows, r: &AccessLogEntry) -> Result<(), ProjectionError> {
+    rows.row()
+        .put(pos(r.position))?
+        .put(r.event_id)?
+        .put(r.patient_id)?
+        .put(r.user_id)?
+        .put(r.role.as_str())?
+        .put(odt(r.accessed_at))?
+        .put(names(&r.resources))?
+        .put(r.action.as_str())?
+        .put(r.purpose.as_str())?
+        .put(r.break_glass_reason.as_deref())?
+        .put(r.client_addr.as_deref())?
+        .put(r.user_agent.as_deref())?
+        .put(r.session_id)?;
+    Ok(())
 }
 
 /// The staff directory fold, in SQL: staff events are rare, one statement each.
@@ -983,4 +1059,18 @@ async fn write_staff(conn: &mut PgConnection, schema: &str, r: &Recorded) -> Res
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_file_splits_into_whole_statements() {
+        let all = statements(INDEXES_SQL);
+        assert_eq!(all.len(), INDEXES_SQL.matches(';').count());
+        for s in all {
+            assert!(s.starts_with("CREATE INDEX IF NOT EXISTS ") && s.ends_with(';'), "{s}");
+        }
+    }
 }

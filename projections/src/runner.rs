@@ -344,39 +344,54 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
     let mut cache = if position == 0 { ChartCache::fresh() } else { ChartCache::default() };
     let page = inner.config.page_events.max(1);
 
-    // Catch up by pages: `READ_AHEAD` pages are read and decoded concurrently (positions
-    // are gapless, so page k starts at `position + k * page`) while the runner applies
-    // the ones before them, committing once `commit_events` have arrived (or at the end
-    // of the backlog).
-    let read = |from: u64| {
-        let store = inner.store.clone();
-        AbortOnDrop(tokio::spawn(async move { read_page(&store, from, page).await }))
-    };
-    let mut next_page = position;
-    let mut reading = std::collections::VecDeque::new();
-    for _ in 0..READ_AHEAD {
-        reading.push_back(read(next_page));
-        next_page += page as u64;
-    }
+    // Catch up by pages: a reader task keeps `READ_CONCURRENCY` pages being read and
+    // decoded at once (positions are gapless, so page k starts at `position + k * page`)
+    // and queues up to a transaction's worth of them while the runner applies the ones
+    // before, committing once `commit_events` have arrived (or at the end of the backlog).
+    let queued = (inner.config.commit_events / page).clamp(1, 64);
+    let (pages, mut arriving) = tokio::sync::mpsc::channel(queued);
+    let reader = AbortOnDrop(tokio::spawn(read_ahead(inner.store.clone(), position, page, pages)));
     let mut pending = Decoded::default();
+    let mut writing: Option<Writing> = None;
     loop {
-        let Some(mut first) = reading.pop_front() else { break };
-        let decoded = (&mut first.0).await.map_err(|_| ProjectionError::Stopped)??;
+        let decoded = arriving.recv().await.ok_or(ProjectionError::Stopped)??;
         let more = decoded.count == page && decoded.newer.is_none();
-        if more {
-            reading.push_back(read(next_page));
-            next_page += page as u64;
-        }
         pending.extend(decoded);
         if more && pending.count < inner.config.commit_events {
             continue;
         }
         let batch = std::mem::take(&mut pending);
         if batch.count > 0 {
-            let Some(p) = commit(inner, generation, &schema, &mut cache, position, &batch).await? else {
-                return Ok(Exit::Retired);
-            };
-            position = p;
+            // A fresh cache folds and encodes this batch while the previous one is being
+            // written; otherwise the batch loads what it lacks once the previous one has
+            // committed.
+            let prepared = records::prepare_fresh(&mut cache, &batch.events)?;
+            if let Some(w) = writing.take() {
+                let Some(p) = w.finish(inner, generation, &mut cache).await? else {
+                    return Ok(Exit::Retired);
+                };
+                position = p;
+            }
+            match prepared {
+                Some(rows) => {
+                    writing = Some(Writing::start(inner, generation, &schema, position, &batch, rows))
+                }
+                None => {
+                    let Some(p) = commit(inner, generation, &schema, &mut cache, position, &batch).await?
+                    else {
+                        return Ok(Exit::Retired);
+                    };
+                    position = p;
+                }
+            }
+        }
+        if batch.newer.is_some() || !more {
+            if let Some(w) = writing.take() {
+                let Some(p) = w.finish(inner, generation, &mut cache).await? else {
+                    return Ok(Exit::Retired);
+                };
+                position = p;
+            }
         }
         if let Some(position) = batch.newer {
             create_indexes(&inner.pool, &schema).await?;
@@ -387,7 +402,7 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
         }
     }
     // Pages read past the end of the backlog are not used (live mode reads them again).
-    drop(reading);
+    drop(reader);
     create_indexes(&inner.pool, &schema).await?;
     if *building && try_switch(inner, generation).await? {
         *building = false;
@@ -449,8 +464,40 @@ async fn read_page(store: &EventStore, from: u64, max: usize) -> Result<Decoded,
     decode_all(from, &raw)
 }
 
-/// Pages read ahead of the catch-up's transactions (each up to `page_events` events).
-const READ_AHEAD: usize = 3;
+/// Pages read at once while catching up (each a query and its decoding, on any core).
+const READ_CONCURRENCY: usize = 3;
+
+/// Read and decode the pages of `max` events from `from` on, `READ_CONCURRENCY` at a
+/// time, into `pages` in order, until a short page (the end of the backlog), a page cut
+/// short by a newer event, an error, or the runner hanging up.
+async fn read_ahead(
+    store: EventStore,
+    from: u64,
+    max: usize,
+    pages: tokio::sync::mpsc::Sender<Result<Decoded, ProjectionError>>,
+) {
+    use futures::stream::StreamExt;
+    let starts = (0u64..).map(move |k| from + k * max as u64);
+    let mut reads = futures::stream::iter(starts)
+        .map(|at| {
+            let store = store.clone();
+            let task = AbortOnDrop(tokio::spawn(async move { read_page(&store, at, max).await }));
+            async move {
+                let mut task = task;
+                (&mut task.0).await.map_err(|_| ProjectionError::Stopped)?
+            }
+        })
+        .buffered(READ_CONCURRENCY);
+    while let Some(page) = reads.next().await {
+        let last = match &page {
+            Ok(d) => d.count < max || d.newer.is_some(),
+            Err(_) => true,
+        };
+        if pages.send(page).await.is_err() || last {
+            return;
+        }
+    }
+}
 
 /// A task that stops when its owner drops it.
 struct AbortOnDrop<T>(JoinHandle<T>);
@@ -498,8 +545,20 @@ fn decode_all(from: u64, raw: &[RecordedEvent]) -> Result<Decoded, ProjectionErr
 /// Create the generation's secondary indexes if they are missing: once the catch-up by
 /// pages has filled the tables (one B-tree build instead of row-by-row maintenance), and
 /// after every restart (cheap when they exist). Before a building generation can switch.
+/// Two at a time, on two connections (index builds on one table share its lock).
 async fn create_indexes(pool: &PgPool, schema: &str) -> Result<(), ProjectionError> {
-    sqlx::raw_sql(&records::INDEXES_SQL.replace("__SCHEMA__", schema)).execute(pool).await?;
+    let sql = records::INDEXES_SQL.replace("__SCHEMA__", schema);
+    let all = records::statements(&sql);
+    let half = |odd: usize| {
+        let mine: Vec<&str> = all.iter().skip(odd).step_by(2).copied().collect();
+        async move {
+            for statement in mine {
+                sqlx::raw_sql(statement).execute(pool).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }
+    };
+    tokio::try_join!(half(0), half(1))?;
     Ok(())
 }
 
@@ -514,6 +573,85 @@ fn publish(inner: &Inner, position: u64) {
     });
 }
 
+/// What one batch's transaction writes.
+enum Rows<'a> {
+    /// Events to fold into the cache (loading its misses) and write.
+    Fold { cache: &'a mut ChartCache, events: &'a [Recorded] },
+    /// Rows a fresh cache prepared ahead (`records::prepare_fresh`).
+    Prepared(Box<records::Prepared>),
+}
+
+/// One batch's transaction: lock the generation's row and check that its position is
+/// `from`, write the rows, move the position to `to`. Returns the generation's status,
+/// or `None` when it has been retired (nothing is written then).
+async fn transact(
+    pool: &PgPool,
+    generation: i32,
+    schema: &str,
+    (from, to, skipped): (u64, u64, u64),
+    rows: Rows<'_>,
+) -> Result<Option<String>, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT position, status FROM projection_generations WHERE projection = $1 AND generation = $2 FOR UPDATE",
+    )
+    .bind(PROJECTION)
+    .bind(generation)
+    .fetch_one(&mut *tx)
+    .await?;
+    let status: String = row.try_get("status")?;
+    if status == "retired" {
+        return Ok(None);
+    }
+    if upos(row.try_get("position")?) != from {
+        return Err(ProjectionError::PositionMoved);
+    }
+    match rows {
+        Rows::Fold { cache, events } => records::apply_batch(&mut tx, schema, cache, events).await?,
+        Rows::Prepared(prepared) => prepared.write(&mut tx, schema).await?,
+    }
+    sqlx::query(
+        "UPDATE projection_generations SET position = $3, skipped = skipped + $4, updated_at = now() \
+         WHERE projection = $1 AND generation = $2",
+    )
+    .bind(PROJECTION)
+    .bind(generation)
+    .bind(pos(to))
+    .bind(i64::try_from(skipped).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(status))
+}
+
+/// After a batch's transaction: publish the position, bound the cache. On an error the
+/// cache may be ahead of the tables: it is dropped.
+fn committed(
+    inner: &Inner,
+    generation: i32,
+    cache: &mut ChartCache,
+    (to, skipped): (u64, u64),
+    result: Result<Option<String>, ProjectionError>,
+) -> Result<Option<u64>, ProjectionError> {
+    match result {
+        Ok(Some(status)) => {
+            if cache.len() > inner.config.cache_charts {
+                cache.clear();
+            }
+            if status == "active" || inner.active_generation.load(Ordering::Acquire) == generation {
+                inner.skipped.fetch_add(skipped, Ordering::Relaxed);
+                publish(inner, to);
+            }
+            Ok(Some(to))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            cache.clear();
+            Err(e)
+        }
+    }
+}
+
 /// Apply `count` raw events starting at `from` in one transaction; returns the new
 /// position, or `None` when the generation has been retired.
 async fn commit(
@@ -525,56 +663,44 @@ async fn commit(
     page: &Decoded,
 ) -> Result<Option<u64>, ProjectionError> {
     let to = from + page.count as u64;
-    let skipped = i64::try_from(page.skipped).unwrap_or(i64::MAX);
-    let batch = &page.events;
-    let result = async {
-        let mut tx = inner.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT position, status FROM projection_generations WHERE projection = $1 AND generation = $2 FOR UPDATE",
-        )
-        .bind(PROJECTION)
-        .bind(generation)
-        .fetch_one(&mut *tx)
-        .await?;
-        let status: String = row.try_get("status")?;
-        if status == "retired" {
-            return Ok(None);
-        }
-        if upos(row.try_get("position")?) != from {
-            return Err(ProjectionError::PositionMoved);
-        }
-        records::apply_batch(&mut tx, schema, cache, batch).await?;
-        sqlx::query(
-            "UPDATE projection_generations SET position = $3, skipped = skipped + $4, updated_at = now() \
-             WHERE projection = $1 AND generation = $2",
-        )
-        .bind(PROJECTION)
-        .bind(generation)
-        .bind(pos(to))
-        .bind(skipped)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(status))
+    let rows = Rows::Fold { cache: &mut *cache, events: &page.events };
+    let result = transact(&inner.pool, generation, schema, (from, to, page.skipped), rows).await;
+    committed(inner, generation, cache, (to, page.skipped), result)
+}
+
+/// A batch being written in the background while the runner prepares the next one.
+struct Writing {
+    task: AbortOnDrop<Result<Option<String>, ProjectionError>>,
+    to: u64,
+    skipped: u64,
+}
+
+impl Writing {
+    fn start(
+        inner: &Arc<Inner>,
+        generation: i32,
+        schema: &str,
+        from: u64,
+        page: &Decoded,
+        rows: records::Prepared,
+    ) -> Self {
+        let (to, skipped) = (from + page.count as u64, page.skipped);
+        let (pool, schema) = (inner.pool.clone(), schema.to_owned());
+        let task = tokio::spawn(async move {
+            transact(&pool, generation, &schema, (from, to, skipped), Rows::Prepared(Box::new(rows))).await
+        });
+        Self { task: AbortOnDrop(task), to, skipped }
     }
-    .await;
-    match result {
-        Ok(Some(status)) => {
-            if cache.len() > inner.config.cache_charts {
-                cache.clear();
-            }
-            if status == "active" || inner.active_generation.load(Ordering::Acquire) == generation {
-                inner.skipped.fetch_add(skipped as u64, Ordering::Relaxed);
-                publish(inner, to);
-            }
-            Ok(Some(to))
-        }
-        Ok(None) => Ok(None),
-        Err(e) => {
-            // The transaction rolled back: what the cache holds may be ahead of the tables.
-            cache.clear();
-            Err(e)
-        }
+
+    /// Wait for the write; returns the new position, or `None` when retired.
+    async fn finish(
+        mut self,
+        inner: &Inner,
+        generation: i32,
+        cache: &mut ChartCache,
+    ) -> Result<Option<u64>, ProjectionError> {
+        let result = (&mut self.task.0).await.unwrap_or(Err(ProjectionError::Stopped));
+        committed(inner, generation, cache, (self.to, self.skipped), result)
     }
 }
 
