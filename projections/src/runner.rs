@@ -14,6 +14,13 @@
 //! and N+1 active and points the `rm.*` views at N+1. The old runner sees `retired` in
 //! its next batch and stops; its schema is then dropped.
 //!
+//! **Catching up.** Pages are read and decoded ahead by a reader task; consecutive pages
+//! are applied together up to `commit_events` per transaction. A runner whose cache is
+//! fresh (it started on empty tables and has kept every chart) prepares batch k+1 in
+//! memory while batch k's transaction runs in a task of its own; each transaction still
+//! checks and moves the position, so a failed write drops the cache and the runner
+//! resumes from the stored position as after any failure.
+//!
 //! **Indexes after the data.** A generation's tables are created with their primary keys
 //! only; the runner creates the secondary indexes when its catch-up by pages ends (so a
 //! rebuild builds each B-tree once over the filled table), and a building generation
@@ -588,10 +595,51 @@ async fn transact(
     pool: &PgPool,
     generation: i32,
     schema: &str,
+    span: (u64, u64, u64),
+    rows: Rows<'_>,
+) -> Result<Option<String>, ProjectionError> {
+    let mut conn = CloseUnlessReleased(Some(pool.acquire().await?));
+    let result = match conn.0.as_mut() {
+        Some(c) => transact_on(c, generation, schema, span, rows).await,
+        None => Err(ProjectionError::Stopped),
+    };
+    if result.is_ok() {
+        conn.release();
+    }
+    result
+}
+
+/// A pooled connection that is closed instead of returned to the pool when it is dropped
+/// before `release`. A transaction abandoned mid-statement (its task aborted by a
+/// shutdown, or an error) can leave the connection inside the protocol, a COPY begun but
+/// not finished, where the pool's on-release check could wait forever while the server's
+/// transaction keeps the generation's row locked. Closing the connection ends that
+/// transaction.
+struct CloseUnlessReleased(Option<sqlx::pool::PoolConnection<sqlx::Postgres>>);
+
+impl CloseUnlessReleased {
+    fn release(mut self) {
+        // Dropped here, with its transaction finished: back to the pool.
+        self.0.take();
+    }
+}
+
+impl Drop for CloseUnlessReleased {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+async fn transact_on(
+    conn: &mut sqlx::PgConnection,
+    generation: i32,
+    schema: &str,
     (from, to, skipped): (u64, u64, u64),
     rows: Rows<'_>,
 ) -> Result<Option<String>, ProjectionError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(conn).await?;
     let row = sqlx::query(
         "SELECT position, status FROM projection_generations WHERE projection = $1 AND generation = $2 FOR UPDATE",
     )

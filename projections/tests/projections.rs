@@ -820,7 +820,10 @@ async fn runner_killed_mid_batch_applies_every_event_exactly_once() {
     let chaos = async {
         let mut rng = domain::sim::Rng::new(7);
         let mut runner = Projections::start(env.store.clone(), runner_config()).await.unwrap();
-        let rival = Projections::start(env.store.clone(), runner_config()).await.unwrap();
+        // The rival keeps every chart: from position 0 it prepares each batch while the
+        // previous one is being written, and those writes are killed and raced too.
+        let bulk = RunnerConfig { cache_charts: 100_000, ..runner_config() };
+        let rival = Projections::start(env.store.clone(), bulk).await.unwrap();
         let (mut kills, mut aborts, mut after) = (0u64, 0u64, 0u64);
         // Keep killing while the writer writes, then until enough crashes have happened
         // (for a bounded time: an idle runner has no transaction to kill).
@@ -853,7 +856,18 @@ async fn runner_killed_mid_batch_applies_every_event_exactly_once() {
     assert!(kills >= 5, "too few runner transactions were killed ({kills}) for the test to mean much");
     assert!(aborts >= 1);
     let head = env.store.head().size;
-    runner.wait_for(head - 1, Duration::from_secs(30)).await.unwrap();
+    if runner.wait_for(head - 1, Duration::from_secs(30)).await.is_err() {
+        // A stuck runner: show where (a transaction left open holds the generation's row).
+        let sessions: Vec<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT state, wait_event_type, left(query, 120) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap();
+        let generations = runner.generations().await.unwrap();
+        panic!("runner stuck at {} of {head}: {generations:?}; sessions {sessions:#?}", runner.position());
+    }
     assert_eq!(runner.lag().await.unwrap(), 0);
     let g = &runner.generations().await.unwrap()[0];
     assert_eq!((g.generation, g.status.as_str(), g.position, g.skipped), (1, "active", head, 0));
