@@ -65,6 +65,9 @@ pub struct ChartCache {
     /// care-team members, appointments) written so far. A row not in it does not exist
     /// in the tables yet, so it is written by COPY instead of an upsert.
     written: HashSet<(Uuid, EntityKey)>,
+    /// The generation stores entry content as `jsonb` (generations created before it
+    /// became `json`): COPY must then send the binary `jsonb` form.
+    pub content_jsonb: bool,
 }
 
 impl ChartCache {
@@ -87,6 +90,19 @@ impl ChartCache {
     fn chart_mut(&mut self, patient: Uuid) -> &mut Chart {
         self.charts.entry(patient).or_insert_with(|| Chart::new(patient))
     }
+}
+
+/// Whether the generation in `schema` stores entry content as `jsonb` (created before
+/// the column became `json`; such a generation keeps working until a rebuild replaces it).
+pub async fn content_is_jsonb(conn: &mut PgConnection, schema: &str) -> Result<bool, ProjectionError> {
+    let t: Option<String> = sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+         WHERE attrelid = to_regclass($1) AND attname = 'content' AND NOT attisdropped",
+    )
+    .bind(format!("{schema}.entry_versions"))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(t.as_deref() == Some("jsonb"))
 }
 
 /// Apply a batch of decoded events to the tables of `schema`, inside `conn`'s transaction.
@@ -490,7 +506,8 @@ impl Prepared {
         touched: &BTreeSet<(Uuid, EntityKey)>,
         first_position: u64,
     ) -> Result<(), ProjectionError> {
-        let ChartCache { charts, written, fresh, .. } = cache;
+        let ChartCache { charts, written, fresh, content_jsonb, .. } = cache;
+        let jsonb = *content_jsonb;
         let fresh = *fresh;
         // A current-state row is new (COPY) when the runner is fresh and has not written it.
         let new_row = |written: &mut HashSet<_>, key: (Uuid, EntityKey)| fresh && written.insert(key);
@@ -529,7 +546,7 @@ impl Prepared {
                             self.entries.push(*patient, e);
                         }
                         for v in e.versions.iter().filter(|v| v.position >= first_position) {
-                            push_version(versions, *patient, e.entry_id, v)?;
+                            push_version(versions, jsonb, *patient, e.entry_id, v)?;
                         }
                     }
                 }
@@ -847,6 +864,7 @@ const VERSION_TARGET: &str =
 /// their position, so the row cannot exist yet.
 fn push_version(
     rows: &mut CopyRows,
+    jsonb: bool,
     patient: Uuid,
     entry: Uuid,
     v: &EntryVersion,
@@ -861,9 +879,14 @@ fn push_version(
         .put(patient)?
         .put(v.change.as_str())?
         .put(amendment)?
-        .put(v.change.reason())?
-        .put_json(&json(&v.content))?
-        .put(odt(v.effective_at))?
+        .put(v.change.reason())?;
+    let content = json(&v.content);
+    if jsonb {
+        rows.put_jsonb(&content)?;
+    } else {
+        rows.put_json(&content)?;
+    }
+    rows.put(odt(v.effective_at))?
         .put(v.author.user_id)?
         .put(v.author.role.as_str())?
         .put(odt(v.recorded_at))?

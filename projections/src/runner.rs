@@ -349,6 +349,7 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
         publish(inner, position);
     }
     let mut cache = if position == 0 { ChartCache::fresh() } else { ChartCache::default() };
+    cache.content_jsonb = records::content_is_jsonb(&mut *inner.pool.acquire().await?, &schema).await?;
     let page = inner.config.page_events.max(1);
 
     // Catch up by pages: a reader task keeps `READ_CONCURRENCY` pages being read and

@@ -388,6 +388,39 @@ async fn a_fresh_runner_with_every_chart_cached_builds_the_same_read_models() {
     env.projections.shutdown().await;
 }
 
+/// A generation created by an earlier build, whose entry content is `jsonb` (it is `json`
+/// now), keeps being projected: COPY sends each generation the form its column has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_with_jsonb_content_keeps_working() {
+    let mut env = env().await;
+    env.projections.shutdown().await;
+    sqlx::raw_sql(
+        "DROP VIEW rm.entry_versions; \
+         ALTER TABLE rm_records_g1.entry_versions ALTER COLUMN content TYPE jsonb USING content::jsonb; \
+         CREATE VIEW rm.entry_versions AS SELECT * FROM rm_records_g1.entry_versions; \
+         GRANT SELECT ON rm.entry_versions TO chartledger_readonly;",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    let ids = drive(&env, 33, 3, 120, NoOp).await;
+    let bulk = RunnerConfig { cache_charts: 100_000, ..runner_config() };
+    env.projections = Projections::start(env.store.clone(), bulk).await.unwrap();
+    assert_read_models_equal_fold(&env, &ids).await;
+    let more = drive(&env, 34, 2, 80, NoOp).await;
+    let all: Vec<Uuid> = ids.iter().chain(&more).copied().collect();
+    assert_read_models_equal_fold(&env, &all).await;
+    let kind: String = sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+         WHERE attrelid = 'rm_records_g1.entry_versions'::regclass AND attname = 'content'",
+    )
+    .fetch_one(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(kind, "jsonb");
+    env.projections.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_and_timeouts() {
     let env = env().await;
