@@ -10,7 +10,8 @@
 //! **Bulk path.** Rows that cannot exist yet go to PostgreSQL by binary COPY
 //! ([`crate::copy`]), the rest by `INSERT ... ON CONFLICT` over `UNNEST`ed arrays:
 //! - history rows always (a batch's positions were never applied before: the runner's
-//!   position check guarantees it, and the tables' keys refuse a repeat);
+//!   position check guarantees it; the access log, keyed by position, refuses a repeat,
+//!   while a repeated amendment or consent would become a new version);
 //! - current-state rows (patients, entries, care-team members, appointments) while the
 //!   cache is fresh (the runner started on empty tables and has kept every chart) and
 //!   has not written the row yet, as in a rebuild.

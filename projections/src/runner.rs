@@ -362,18 +362,42 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
     let mut pending = Decoded::default();
     let mut writing: Option<Writing> = None;
     loop {
-        let decoded = arriving.recv().await.ok_or(ProjectionError::Stopped)??;
+        let decoded = match arriving.recv().await {
+            Some(Ok(decoded)) => decoded,
+            failed => {
+                // Let the batch being written finish (and count) before giving up.
+                if let Some(w) = writing.take() {
+                    let _ = w.finish(inner, generation, &mut cache).await;
+                }
+                return Err(
+                    failed.map_or(ProjectionError::Stopped, |r| r.err().unwrap_or(ProjectionError::Stopped))
+                );
+            }
+        };
         let more = decoded.count == page && decoded.newer.is_none();
         pending.extend(decoded);
         if more && pending.count < inner.config.commit_events {
             continue;
         }
-        let batch = std::mem::take(&mut pending);
+        let mut batch = std::mem::take(&mut pending);
         if batch.count > 0 {
             // A fresh cache folds and encodes this batch while the previous one is being
             // written; otherwise the batch loads what it lacks once the previous one has
             // committed.
-            let prepared = records::prepare_fresh(&mut cache, &batch.events)?;
+            let prepared = match records::prepare_fresh(&mut cache, &batch.events) {
+                Ok(Some(rows)) => {
+                    // Encoded: the decoded events are not needed any more.
+                    batch.events = Vec::new();
+                    Some(rows)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    if let Some(w) = writing.take() {
+                        let _ = w.finish(inner, generation, &mut cache).await;
+                    }
+                    return Err(e);
+                }
+            };
             if let Some(w) = writing.take() {
                 let Some(p) = w.finish(inner, generation, &mut cache).await? else {
                     return Ok(Exit::Retired);
@@ -604,7 +628,8 @@ async fn transact(
         Some(c) => transact_on(c, generation, schema, span, rows).await,
         None => Err(ProjectionError::Stopped),
     };
-    if result.is_ok() {
+    // A refusal before anything was written leaves the connection between statements.
+    if matches!(result, Ok(_) | Err(ProjectionError::PositionMoved)) {
         conn.release();
     }
     result

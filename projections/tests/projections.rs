@@ -365,27 +365,31 @@ async fn blue_green_rebuild_switches_while_writes_continue() {
 
 /// The bulk path: a runner that starts on empty tables at position 0 with a cache large
 /// enough to keep every chart writes rows it has not written before by COPY (and upserts
-/// the others), while catching up by multi-page transactions, then live, and again in a
-/// blue/green rebuild. The read models equal the fold at every stage.
+/// the others), preparing each catch-up batch while the previous one is written, then
+/// follows live, then rebuilds blue/green. With a small cache, the cache is dropped after
+/// a batch while the next one is already prepared. The read models equal the fold at
+/// every stage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_runner_with_every_chart_cached_builds_the_same_read_models() {
-    let mut env = env().await;
-    env.projections.shutdown().await;
-    assert_eq!(env.projections.generations().await.unwrap()[0].position, 0);
-    let ids = drive(&env, 31, 6, 260, NoOp).await;
-    let bulk = RunnerConfig { cache_charts: 100_000, commit_events: 40, ..runner_config() };
-    env.projections = Projections::start(env.store.clone(), bulk).await.unwrap();
-    assert_read_models_equal_fold(&env, &ids).await;
-    // Live batches on the same (still fresh) cache: care-team removals and reassignments,
-    // amendments and rescheduling update rows it wrote by COPY.
-    let more = drive(&env, 32, 2, 200, NoOp).await;
-    let all: Vec<Uuid> = ids.iter().chain(&more).copied().collect();
-    assert_read_models_equal_fold(&env, &all).await;
-    let generation = env.projections.rebuild(Duration::from_secs(60)).await.unwrap();
-    assert_eq!(generation, 2);
-    assert_read_models_equal_fold(&env, &all).await;
-    assert_access_log_rows_match_the_ledger(&env).await;
-    env.projections.shutdown().await;
+    for cache_charts in [100_000, 4] {
+        let mut env = env().await;
+        env.projections.shutdown().await;
+        assert_eq!(env.projections.generations().await.unwrap()[0].position, 0);
+        let ids = drive(&env, 31, 6, 260, NoOp).await;
+        let bulk = RunnerConfig { cache_charts, commit_events: 40, ..runner_config() };
+        env.projections = Projections::start(env.store.clone(), bulk).await.unwrap();
+        assert_read_models_equal_fold(&env, &ids).await;
+        // Live batches on the same cache: care-team removals and reassignments,
+        // amendments and rescheduling update rows it wrote by COPY.
+        let more = drive(&env, 32, 2, 200, NoOp).await;
+        let all: Vec<Uuid> = ids.iter().chain(&more).copied().collect();
+        assert_read_models_equal_fold(&env, &all).await;
+        let generation = env.projections.rebuild(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(generation, 2);
+        assert_read_models_equal_fold(&env, &all).await;
+        assert_access_log_rows_match_the_ledger(&env).await;
+        env.projections.shutdown().await;
+    }
 }
 
 /// A generation created by an earlier build, whose entry content is `jsonb` (it is `json`
