@@ -393,7 +393,9 @@ async fn a_fresh_runner_with_every_chart_cached_builds_the_same_read_models() {
 }
 
 /// A generation created by an earlier build, whose entry content is `jsonb` (it is `json`
-/// now), keeps being projected: COPY sends each generation the form its column has.
+/// now), keeps being projected: COPY sends each generation the form its column has, from
+/// position 0, live, and after a restart above 0 with rows already there; a blue/green
+/// rebuild then replaces it with a `json` generation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_with_jsonb_content_keeps_working() {
     let mut env = env().await;
@@ -407,21 +409,37 @@ async fn a_generation_with_jsonb_content_keeps_working() {
     .execute(env.store.pool())
     .await
     .unwrap();
+    let content_type = |generation: i32| {
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attname = 'content'",
+            )
+            .bind(format!("rm_records_g{generation}.entry_versions"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
     let ids = drive(&env, 33, 3, 120, NoOp).await;
     let bulk = RunnerConfig { cache_charts: 100_000, ..runner_config() };
-    env.projections = Projections::start(env.store.clone(), bulk).await.unwrap();
+    env.projections = Projections::start(env.store.clone(), bulk.clone()).await.unwrap();
     assert_read_models_equal_fold(&env, &ids).await;
     let more = drive(&env, 34, 2, 80, NoOp).await;
-    let all: Vec<Uuid> = ids.iter().chain(&more).copied().collect();
+    let mut all: Vec<Uuid> = ids.iter().chain(&more).copied().collect();
     assert_read_models_equal_fold(&env, &all).await;
-    let kind: String = sqlx::query_scalar(
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
-         WHERE attrelid = 'rm_records_g1.entry_versions'::regclass AND attname = 'content'",
-    )
-    .fetch_one(env.store.pool())
-    .await
-    .unwrap();
-    assert_eq!(kind, "jsonb");
+    // Stopped, written to, restarted above position 0 on a table with jsonb rows.
+    env.projections.shutdown().await;
+    all.extend(drive(&env, 35, 2, 80, NoOp).await);
+    env.projections = Projections::start(env.store.clone(), bulk).await.unwrap();
+    assert!(env.projections.generations().await.unwrap()[0].position > 0);
+    assert_read_models_equal_fold(&env, &all).await;
+    assert_eq!(content_type(1).await, "jsonb");
+    // A rebuild replaces it with a generation of the current layout.
+    assert_eq!(env.projections.rebuild(Duration::from_secs(60)).await.unwrap(), 2);
+    assert_read_models_equal_fold(&env, &all).await;
+    assert_eq!(content_type(2).await, "json");
     env.projections.shutdown().await;
 }
 
