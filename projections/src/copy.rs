@@ -112,7 +112,8 @@ mod tests {
         let db = testdb::TestDb::new().await.unwrap();
         let mut conn = db.pool().acquire().await.unwrap();
         sqlx::query(
-            "CREATE TABLE t (u uuid, i int, b bigint, f boolean, s text, a text[], j jsonb, ts timestamptz, d date)",
+            "CREATE TABLE t (u uuid, i int, b bigint, f boolean, s text, a text[], j jsonb, ts timestamptz, d date, \
+             js json, e text[])",
         )
         .execute(&mut *conn)
         .await
@@ -120,7 +121,7 @@ mod tests {
         let id = uuid::Uuid::now_v7();
         let at = time::macros::datetime!(2026-12-01 06:22:18.123456 UTC);
         let names = vec!["Zoë \"tab\t\"".to_owned(), String::new(), "\\{,}".to_owned()];
-        let mut rows = CopyRows::new(9);
+        let mut rows = CopyRows::new(11);
         rows.row()
             .put(id)
             .unwrap()
@@ -139,13 +140,17 @@ mod tests {
             .put(at)
             .unwrap()
             .put(time::macros::date!(1931 - 02 - 28))
+            .unwrap()
+            .put_json(r#"{"b": 1,  "a": "x"}"#)
+            .unwrap()
+            .put(Vec::<String>::new())
             .unwrap();
         rows.row();
-        for _ in 0..9 {
+        for _ in 0..11 {
             rows.put(None::<String>).unwrap();
         }
         assert_eq!(rows.len(), 2);
-        rows.copy_into(&mut conn, "t (u, i, b, f, s, a, j, ts, d)").await.unwrap();
+        rows.copy_into(&mut conn, "t (u, i, b, f, s, a, j, ts, d, js, e)").await.unwrap();
         let back: (
             uuid::Uuid,
             i32,
@@ -166,11 +171,18 @@ mod tests {
         assert_eq!(back.5, names);
         assert_eq!(back.6, r#"{"k": ["é", 1.5, null]}"#);
         assert_eq!((back.7, back.8), (at, time::macros::date!(1931 - 02 - 28)));
-        let nulls: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM t WHERE num_nulls(u, i, b, f, s, a, j, ts, d) = 9")
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
+        // `json` keeps the text as sent; an empty array is an empty array, not NULL.
+        let (js, e): (String, Vec<String>) = sqlx::query_as("SELECT js::text, e FROM t WHERE u IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!((js.as_str(), e.len()), (r#"{"b": 1,  "a": "x"}"#, 0));
+        let nulls: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM t WHERE num_nulls(u, i, b, f, s, a, j, ts, d, js, e) = 11",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
         assert_eq!(nulls, 1);
     }
 
