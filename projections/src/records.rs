@@ -107,6 +107,8 @@ pub async fn content_is_jsonb(conn: &mut PgConnection, schema: &str) -> Result<b
 }
 
 /// Apply a batch of decoded events to the tables of `schema`, inside `conn`'s transaction.
+/// For a generation whose entry content is `jsonb`, `cache.content_jsonb` must say so
+/// ([`content_is_jsonb`]), as the runner sets it.
 pub async fn apply_batch(
     conn: &mut PgConnection,
     schema: &str,
@@ -196,7 +198,6 @@ fn prepare(cache: &mut ChartCache, batch: Batch<'_>) -> Result<Prepared, Project
     Ok(prepared)
 }
 
-// ------------------------------------------------------------------ loading
 // ------------------------------------------------------------------ loading
 
 const ENTRY_VERSION_COLS: &str =
