@@ -27,7 +27,6 @@ use uuid::Uuid;
 
 use crate::copy::CopyRows;
 use crate::error::ProjectionError;
-
 use crate::sqlmap::*;
 
 /// The SQL that creates one generation's tables.
@@ -621,7 +620,8 @@ impl Prepared {
     }
 }
 
-// New current-state rows, for COPY (the upserts below write the same columns).
+// Current-state rows: new ones by COPY, the others by the upserts below, into the same
+// columns (`*_TARGET`).
 
 const PATIENT_TARGET: &str =
     "patients (patient_id, registered, mrn, family, given, birth_date, sex, contact, \
@@ -736,7 +736,7 @@ impl PatientCols {
         }
         let given = text_array("g");
         let sql = format!(
-            "INSERT INTO {schema}.patients AS t ({cols}) \
+            "INSERT INTO {schema}.{PATIENT_TARGET} \
              SELECT id, reg, mrn, fam, CASE WHEN g IS NULL THEN NULL ELSE {given} END, bd, sex, ct::jsonb, ra, ua, v, m, rev, pos, an \
              FROM UNNEST($1::uuid[], $2::bool[], $3::text[], $4::text[], $5::text[], $6::date[], $7::text[], $8::text[], \
                          $9::timestamptz[], $10::timestamptz[], $11::int[], $12::uuid[], $13::bigint[], $14::bigint[], $15::bigint[]) \
@@ -745,9 +745,7 @@ impl PatientCols {
                family = EXCLUDED.family, given = EXCLUDED.given, birth_date = EXCLUDED.birth_date, sex = EXCLUDED.sex, \
                contact = EXCLUDED.contact, registered_at = EXCLUDED.registered_at, updated_at = EXCLUDED.updated_at, \
                demographics_version = EXCLUDED.demographics_version, merged_into = EXCLUDED.merged_into, \
-               revision = EXCLUDED.revision, position = EXCLUDED.position, anomalies = EXCLUDED.anomalies",
-            cols = "patient_id, registered, mrn, family, given, birth_date, sex, contact, registered_at, updated_at, \
-                    demographics_version, merged_into, revision, position, anomalies"
+               revision = EXCLUDED.revision, position = EXCLUDED.position, anomalies = EXCLUDED.anomalies"
         );
         sqlx::query(&sql)
             .bind(self.counters.id)
@@ -838,7 +836,7 @@ impl EntryCols {
             return Ok(());
         }
         let sql = format!(
-            "INSERT INTO {schema}.entries (entry_id, patient_id, kind, status, current_version, effective_at, recorded_at, position) \
+            "INSERT INTO {schema}.{ENTRY_TARGET} \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::timestamptz[], $7::timestamptz[], $8::bigint[]) \
              ON CONFLICT (patient_id, entry_id) DO UPDATE SET status = EXCLUDED.status, current_version = EXCLUDED.current_version, \
                effective_at = EXCLUDED.effective_at, recorded_at = EXCLUDED.recorded_at, position = EXCLUDED.position"
@@ -946,7 +944,7 @@ impl CareCols {
             return Ok(());
         }
         let sql = format!(
-            "INSERT INTO {schema}.care_team (patient_id, clinician_id, care_role, assigned_at, assigned_by) \
+            "INSERT INTO {schema}.{CARE_TARGET} \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[]) \
              ON CONFLICT (patient_id, clinician_id) DO UPDATE SET care_role = EXCLUDED.care_role, \
                assigned_at = EXCLUDED.assigned_at, assigned_by = EXCLUDED.assigned_by"
@@ -993,7 +991,7 @@ impl AppointmentCols {
             return Ok(());
         }
         let sql = format!(
-            "INSERT INTO {schema}.appointments (appointment_id, patient_id, clinician_id, visit_type, start_at, end_at, status, version, updated_at) \
+            "INSERT INTO {schema}.{APPOINTMENT_TARGET} \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[], $8::int[], $9::timestamptz[]) \
              ON CONFLICT (patient_id, appointment_id) DO UPDATE SET start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, \
                status = EXCLUDED.status, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at"

@@ -366,12 +366,11 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
             Some(Ok(decoded)) => decoded,
             failed => {
                 // Let the batch being written finish (and count) before giving up.
-                if let Some(w) = writing.take() {
-                    let _ = w.finish(inner, generation, &mut cache).await;
-                }
-                return Err(
-                    failed.map_or(ProjectionError::Stopped, |r| r.err().unwrap_or(ProjectionError::Stopped))
-                );
+                let _ = settle(&mut writing, inner, generation, &mut cache, position).await;
+                return Err(match failed {
+                    Some(Err(e)) => e,
+                    _ => ProjectionError::Stopped,
+                });
             }
         };
         let more = decoded.count == page && decoded.newer.is_none();
@@ -392,18 +391,14 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
                 }
                 Ok(None) => None,
                 Err(e) => {
-                    if let Some(w) = writing.take() {
-                        let _ = w.finish(inner, generation, &mut cache).await;
-                    }
+                    let _ = settle(&mut writing, inner, generation, &mut cache, position).await;
                     return Err(e);
                 }
             };
-            if let Some(w) = writing.take() {
-                let Some(p) = w.finish(inner, generation, &mut cache).await? else {
-                    return Ok(Exit::Retired);
-                };
-                position = p;
-            }
+            let Some(p) = settle(&mut writing, inner, generation, &mut cache, position).await? else {
+                return Ok(Exit::Retired);
+            };
+            position = p;
             match prepared {
                 Some(rows) => {
                     writing = Some(Writing::start(inner, generation, &schema, position, &batch, rows))
@@ -418,12 +413,10 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
             }
         }
         if batch.newer.is_some() || !more {
-            if let Some(w) = writing.take() {
-                let Some(p) = w.finish(inner, generation, &mut cache).await? else {
-                    return Ok(Exit::Retired);
-                };
-                position = p;
-            }
+            let Some(p) = settle(&mut writing, inner, generation, &mut cache, position).await? else {
+                return Ok(Exit::Retired);
+            };
+            position = p;
         }
         if let Some(position) = batch.newer {
             create_indexes(&inner.pool, &schema).await?;
@@ -740,6 +733,21 @@ async fn commit(
     let rows = Rows::Fold { cache: &mut *cache, events: &page.events };
     let result = transact(&inner.pool, generation, schema, (from, to, page.skipped), rows).await;
     committed(inner, generation, cache, (to, page.skipped), result)
+}
+
+/// Finish the batch being written, if any: the position after it (`position` when none
+/// was), or `None` when the generation has been retired.
+async fn settle(
+    writing: &mut Option<Writing>,
+    inner: &Inner,
+    generation: i32,
+    cache: &mut ChartCache,
+    position: u64,
+) -> Result<Option<u64>, ProjectionError> {
+    match writing.take() {
+        Some(w) => w.finish(inner, generation, cache).await,
+        None => Ok(Some(position)),
+    }
 }
 
 /// A batch being written in the background while the runner prepares the next one.
