@@ -9,12 +9,15 @@
 //!   loading the entities a batch touches, and writing them back.
 //! - [`queries`]: what the API reads: patient index, charts, entry history, consents,
 //!   care teams, appointments, the access log and the staff directory.
+//! - [`current`]: current charts kept in memory, each checked against the patient row's
+//!   position on every read.
 //! - [`pit`]: point-in-time replay for auditors: a chart as of a recorded time, folded
 //!   in memory from the ledger with the same fold, from the nearest [`snapshot`] of it.
 //! - [`service`]: the command side: load a patient's stream, `decide`, append with the
 //!   expected revision (retrying on a race), idempotent on the client's event id.
 
 mod copy;
+pub mod current;
 pub mod error;
 pub mod pit;
 pub mod queries;

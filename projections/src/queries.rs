@@ -4,6 +4,7 @@
 //! logs clinical values.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use domain::chart::{AccessLogEntry, Appointment, CareTeamMember, Chart, ConsentVersion, EntryVersion};
 use domain::events::Role;
@@ -11,6 +12,7 @@ use ledger::Timestamp;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::current::{CurrentCharts, DEFAULT_CAPACITY};
 use crate::error::ProjectionError;
 use crate::records;
 use crate::sqlmap::*;
@@ -19,6 +21,7 @@ use crate::sqlmap::*;
 #[derive(Clone, Debug)]
 pub struct ReadModels {
     pool: PgPool,
+    charts: Arc<CurrentCharts>,
 }
 
 /// A patient-index search. Every given criterion must match.
@@ -235,7 +238,37 @@ fn chart_sql() -> &'static str {
 
 impl ReadModels {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_chart_cache(pool, DEFAULT_CAPACITY)
+    }
+
+    /// With a cache of current charts of about `capacity` weight units (see
+    /// [`CurrentCharts`]; 0 keeps none).
+    pub fn with_chart_cache(pool: PgPool, capacity: u64) -> Self {
+        Self { pool, charts: Arc::new(CurrentCharts::new(capacity)) }
+    }
+
+    /// The cache behind [`ReadModels::current_chart`].
+    pub fn chart_cache(&self) -> &CurrentCharts {
+        &self.charts
+    }
+
+    /// A patient's current chart, as [`ReadModels::chart`] would load it: one primary-key
+    /// probe of the patient row's position, and the cached chart when it was loaded at that
+    /// position (see [`crate::current`]); else the full load, kept for the next read.
+    pub async fn current_chart(&self, patient_id: Uuid) -> Result<Option<Arc<Chart>>, ProjectionError> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM rm.patients WHERE patient_id = $1")
+                .bind(patient_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(position) = position else { return Ok(None) };
+        if let Some(chart) = self.charts.at(patient_id, upos(position)) {
+            return Ok(Some(chart));
+        }
+        let Some(chart) = self.chart(patient_id).await? else { return Ok(None) };
+        let chart = Arc::new(chart);
+        self.charts.keep(&chart);
+        Ok(Some(chart))
     }
 
     /// A patient's whole chart (current versions and full history of every entry), in

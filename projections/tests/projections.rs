@@ -129,6 +129,8 @@ async fn assert_read_models_equal_fold(env: &Env, ids: &[Uuid]) {
         assert_eq!(fold.skipped, 0);
         assert_eq!(sql, fold.chart, "read model differs from the fold for a patient");
         assert_eq!(sql.anomalies, 0);
+        let current = env.read.current_chart(*id).await.unwrap().expect("current chart");
+        assert_eq!(*current, fold.chart, "the current chart (cached or not) differs from the fold");
     }
 }
 
@@ -175,6 +177,20 @@ impl AsyncStep for &mut Snapshots {
         self.snaps.push(Snap { at, position: done.position, patients });
         // The next event must be recorded strictly after `at` (and leave room between).
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A view of one kind of a patient's record, for treatment, with no client details.
+fn viewed(patient_id: Uuid, resource: ResourceKind) -> RecordAccessed {
+    RecordAccessed {
+        patient_id,
+        resources: BTreeSet::from([resource]),
+        action: AccessAction::View,
+        purpose: PurposeOfUse::Treatment,
+        break_glass_reason: None,
+        client_addr: None,
+        user_agent: None,
+        session_id: None,
     }
 }
 
@@ -360,6 +376,52 @@ async fn blue_green_rebuild_switches_while_writes_continue() {
     // A rebuild of an idle ledger switches too (nothing moves the position meanwhile).
     let generation = env.projections.rebuild(Duration::from_secs(20)).await.unwrap();
     assert_eq!(generation, 3);
+    assert_read_models_equal_fold(&env, &ids).await;
+}
+
+/// Current charts come from memory only while the patient row's position is the one
+/// they were loaded at: any change to the chart (an entry, a care-team change) is seen
+/// at once, an access (kept apart) is not a change, and a blue/green rebuild keeps
+/// serving the same charts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_charts_are_served_from_memory_only_while_unchanged() {
+    let env = env().await;
+    let ids = drive(&env, 31, 2, 40, NoOp).await;
+    caught_up(&env).await;
+    let id = ids[0];
+    assert!(env.read.current_chart(Uuid::now_v7()).await.unwrap().is_none(), "unknown patient");
+    let first = env.read.current_chart(id).await.unwrap().unwrap();
+    let again = env.read.current_chart(id).await.unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "an unchanged chart is served from memory");
+
+    // An access is not a change to the chart.
+    let access = viewed(id, ResourceKind::ClinicalEntries);
+    env.records.record_access(actor(Role::Physician), Uuid::now_v7(), access).await.unwrap();
+    caught_up(&env).await;
+    assert!(std::sync::Arc::ptr_eq(&first, &env.read.current_chart(id).await.unwrap().unwrap()));
+
+    // A care-team change is seen by the next read, and so is its undoing.
+    let clinician = Uuid::now_v7();
+    let assign = Command::AssignCareTeamMember { clinician_id: clinician, care_role: CareRole::Consultant };
+    let done = env.records.execute(id, actor(Role::Administrator), Uuid::now_v7(), assign).await.unwrap();
+    env.projections.wait_for(done.position, Duration::from_secs(20)).await.unwrap();
+    let assigned = env.read.current_chart(id).await.unwrap().unwrap();
+    assert!(assigned.care_team.contains_key(&clinician));
+    assert_eq!(assigned.position, Some(done.position));
+    let remove = Command::RemoveCareTeamMember { clinician_id: clinician };
+    let done = env.records.execute(id, actor(Role::Administrator), Uuid::now_v7(), remove).await.unwrap();
+    env.projections.wait_for(done.position, Duration::from_secs(20)).await.unwrap();
+    let removed = env.read.current_chart(id).await.unwrap().unwrap();
+    assert!(!removed.care_team.contains_key(&clinician));
+    assert_read_models_equal_fold(&env, &ids).await;
+
+    // A chart kept across a rebuild is the rebuilt generation's chart at that position.
+    let before = env.read.current_chart(ids[1]).await.unwrap().unwrap();
+    env.projections.rebuild(Duration::from_secs(60)).await.unwrap();
+    let after = env.read.current_chart(ids[1]).await.unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&before, &after));
+    env.read.chart_cache().clear();
+    assert_eq!(*env.read.current_chart(ids[1]).await.unwrap().unwrap(), *before);
     assert_read_models_equal_fold(&env, &ids).await;
 }
 
@@ -1096,16 +1158,7 @@ async fn access_log_time_ranges_and_cursor_paging() {
     let (b, reg) = sim.register();
     env.records.execute(b, actor(Role::Receptionist), Uuid::now_v7(), reg).await.unwrap();
     let (u1, u2) = (Uuid::now_v7(), Uuid::now_v7());
-    let access = |patient_id| RecordAccessed {
-        patient_id,
-        resources: [ResourceKind::Demographics].into_iter().collect(),
-        action: AccessAction::View,
-        purpose: PurposeOfUse::Treatment,
-        break_glass_reason: None,
-        client_addr: None,
-        user_agent: None,
-        session_id: None,
-    };
+    let access = |patient_id| viewed(patient_id, ResourceKind::Demographics);
     // Seven accesses of A (alternating users) and one of B, each at its own time.
     let mut last = 0;
     for i in 0..8 {
