@@ -6,9 +6,10 @@
 //! before any byte of the response is sent ([`AccessCollector::flush`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::Context;
+use domain::chart::Chart;
 use domain::events::{AccessAction, AccessDenied, DomainEvent, PurposeOfUse, RecordAccessed, ResourceKind};
 use uuid::Uuid;
 
@@ -30,6 +31,9 @@ pub struct RequestCtx {
     /// granted by break-glass; absent: not decided yet). Nested fields of one record
     /// ask again; a request is short, so the answer cannot go stale within it.
     pub care_team: Mutex<BTreeMap<Uuid, Option<Option<String>>>>,
+    /// Current charts already read in this request, by patient (the care-team decision
+    /// and the chart it lets through are one read of the record).
+    charts: Mutex<BTreeMap<Uuid, Option<Arc<Chart>>>>,
 }
 
 impl RequestCtx {
@@ -44,6 +48,38 @@ impl RequestCtx {
             declared_purpose,
             collector: AccessCollector::default(),
             care_team: Default::default(),
+            charts: Default::default(),
+        }
+    }
+
+    /// The patient's current chart ([`projections::ReadModels::current_chart`]), read once
+    /// per request; `fresh` reads it again (after waiting for a position).
+    pub async fn current_chart(
+        &self,
+        state: &AppState,
+        patient: Uuid,
+        fresh: bool,
+    ) -> ApiResult<Option<Arc<Chart>>> {
+        if !fresh {
+            if let Some(known) = self.charts.lock().ok().and_then(|m| m.get(&patient).cloned()) {
+                return Ok(known);
+            }
+        }
+        let chart = state.read.current_chart(patient).await?;
+        if let Ok(mut m) = self.charts.lock() {
+            m.insert(patient, chart.clone());
+        }
+        Ok(chart)
+    }
+
+    /// Forget what this request decided and read (a subscription decides afresh for each
+    /// notification: care teams change, grants expire).
+    fn forget(&self) {
+        if let Ok(mut m) = self.care_team.lock() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.charts.lock() {
+            m.clear();
         }
     }
 
@@ -184,9 +220,7 @@ pub async fn recheck(state: &AppState, req: &RequestCtx, op: Operation, patient:
     let p = req.principal()?;
     state.auth.check_live(p).await?;
     // A subscription outlives requests: decide afresh (care team changes, grants expire).
-    if let Ok(mut m) = req.care_team.lock() {
-        m.clear();
-    }
+    req.forget();
     check(state, req, p, op, Some(patient)).await.map(|_| ())
 }
 
@@ -223,7 +257,8 @@ async fn check(
             let decided = match known {
                 Some(d) => d,
                 None => {
-                    let d = if state.read.is_on_care_team(patient, p.user_id).await? {
+                    let chart = req.current_chart(state, patient, false).await?;
+                    let d = if chart.is_some_and(|c| c.care_team.contains_key(&p.user_id)) {
                         Some(None)
                     } else {
                         state.auth.break_glass_reason(p, patient).await?.map(Some)

@@ -26,19 +26,20 @@ use tower_http::timeout::TimeoutLayer;
 use crate::access::RequestCtx;
 use crate::auth::ClientInfo;
 use crate::error::ApiError;
+use crate::graphql;
+use crate::graphql::sanitize::Sanitized;
 use crate::graphql::types::UserNames;
-use crate::graphql::{self, ApiSchema};
 use crate::AppState;
 
 #[derive(Clone)]
 struct Http {
     state: AppState,
-    schema: ApiSchema,
+    schema: Sanitized,
 }
 
 /// The application's router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(state: AppState, tls: bool) -> Router {
-    let schema = graphql::schema(Some(state.clone()));
+    let schema = graphql::executor(state.clone());
     let config = state.config.clone();
     let mut app = Router::new()
         .route("/graphql", get(graphiql_or_405).post(graphql_handler))
@@ -153,7 +154,8 @@ async fn graphql_handler(
     let ctx =
         std::sync::Arc::new(RequestCtx::new(principal, client_info(state, &headers, peer), declared_purpose));
     let loader = DataLoader::new(UserNames(state.read.clone()), tokio::spawn);
-    let response = h.schema.execute(req.into_inner().data(ctx.clone()).data(loader)).await;
+    let response =
+        async_graphql::Executor::execute(&h.schema, req.into_inner().data(ctx.clone()).data(loader)).await;
     match ctx.collector.flush(state, &ctx).await {
         Ok(n) => state.metrics.access_events(true, n),
         Err(e) => {

@@ -109,7 +109,7 @@ impl CareMutation {
             return Err(ApiError::InvalidInput { code: "break_glass.reason_required" });
         }
         wait_for(state, min_position).await?;
-        if state.read.chart(patient_id).await?.is_none_or(|c| c.demographics.is_none()) {
+        if req.current_chart(state, patient_id, true).await?.is_none_or(|c| c.demographics.is_none()) {
             return Err(ApiError::NotFound);
         }
         let expires = state.auth.grant_break_glass(p, patient_id, trimmed).await?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{ComplexObject, Context, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, Json, Object, SimpleObject};
 use domain::chart::{Chart, Entry as DEntry, EntryStatus, EntryVersion as DVersion};
 use domain::commands::Command;
 use domain::events::{EntryContent, EntryKind as DKind};
@@ -22,50 +22,67 @@ use crate::access::{authorize, parts};
 use crate::error::ApiError;
 use crate::policy::Operation;
 
-/// One version of an entry: who wrote it, when, why, and what it said.
-#[derive(SimpleObject, Clone)]
-#[graphql(complex)]
+/// One version of an entry: who wrote it, when, why, and what it said. Each field is
+/// read from the shared chart when asked for, so a query converts only what it selects.
+#[derive(Clone)]
 pub struct EntryVersion {
-    pub version: u32,
-    /// `recorded`, `amended` or `entered_in_error`.
-    pub change: String,
-    /// Why it was amended or retracted.
-    pub reason: Option<String>,
-    /// The entry's content as in `schema/events.md` (`EntryContent`).
-    pub content: serde_json::Value,
-    pub effective_at: OffsetDateTime,
-    pub recorded_at: OffsetDateTime,
-    pub author_id: Uuid,
-    pub author_role: String,
-    pub event_id: Uuid,
-    pub position: u64,
+    chart: Arc<Chart>,
+    entry_id: Uuid,
+    index: usize,
 }
 
-#[ComplexObject]
 impl EntryVersion {
+    fn v(&self) -> ApiResult<&DVersion> {
+        self.chart
+            .entries
+            .get(&self.entry_id)
+            .and_then(|e| e.versions.get(self.index))
+            .ok_or(ApiError::Internal { code: "api.version_missing" })
+    }
+}
+
+/// One version of an entry: who wrote it, when, why, and what it said.
+#[Object]
+impl EntryVersion {
+    async fn version(&self) -> ApiResult<u32> {
+        Ok(self.v()?.version)
+    }
+    /// `recorded`, `amended` or `entered_in_error`.
+    async fn change(&self) -> ApiResult<&str> {
+        Ok(self.v()?.change.as_str())
+    }
+    /// Why it was amended or retracted.
+    async fn reason(&self) -> ApiResult<Option<&str>> {
+        Ok(self.v()?.change.reason())
+    }
+    /// The entry's content as in `schema/events.md` (`EntryContent`).
+    async fn content(&self) -> ApiResult<Json<&EntryContent>> {
+        Ok(Json(&self.v()?.content))
+    }
+    async fn effective_at(&self) -> ApiResult<OffsetDateTime> {
+        Ok(dt(self.v()?.effective_at))
+    }
+    async fn recorded_at(&self) -> ApiResult<OffsetDateTime> {
+        Ok(dt(self.v()?.recorded_at))
+    }
+    async fn author_id(&self) -> ApiResult<Uuid> {
+        Ok(self.v()?.author.user_id)
+    }
+    async fn author_role(&self) -> ApiResult<&str> {
+        Ok(self.v()?.author.role.as_str())
+    }
+    async fn event_id(&self) -> ApiResult<Uuid> {
+        Ok(self.v()?.event_id)
+    }
+    async fn position(&self) -> ApiResult<u64> {
+        Ok(self.v()?.position)
+    }
     /// The author's display name (batched per request).
     async fn author_name(&self, ctx: &Context<'_>) -> ApiResult<Option<String>> {
         let loader = ctx
             .data::<async_graphql::dataloader::DataLoader<UserNames>>()
             .map_err(|_| ApiError::Internal { code: "api.no_loader" })?;
-        loader.load_one(self.author_id).await
-    }
-}
-
-impl From<&DVersion> for EntryVersion {
-    fn from(v: &DVersion) -> Self {
-        Self {
-            version: v.version,
-            change: v.change.as_str().to_owned(),
-            reason: v.change.reason().map(str::to_owned),
-            content: to_json(&v.content),
-            effective_at: dt(v.effective_at),
-            recorded_at: dt(v.recorded_at),
-            author_id: v.author.user_id,
-            author_role: v.author.role.as_str().to_owned(),
-            event_id: v.event_id,
-            position: v.position,
-        }
+        loader.load_one(self.v()?.author.user_id).await
     }
 }
 
@@ -87,6 +104,10 @@ impl Entry {
     fn entry(&self) -> Option<&DEntry> {
         self.chart.entries.get(&self.entry_id)
     }
+
+    fn version_at(&self, index: usize) -> EntryVersion {
+        EntryVersion { chart: self.chart.clone(), entry_id: self.entry_id, index }
+    }
 }
 
 /// A clinical entry: its current version and every earlier one.
@@ -103,10 +124,12 @@ impl Entry {
         self.status
     }
     async fn current(&self) -> Option<EntryVersion> {
-        self.entry().and_then(DEntry::current).map(Into::into)
+        let last = self.entry()?.versions.len().checked_sub(1)?;
+        Some(self.version_at(last))
     }
     async fn versions(&self) -> Vec<EntryVersion> {
-        self.entry().map(|e| e.versions.iter().map(Into::into).collect()).unwrap_or_default()
+        let n = self.entry().map_or(0, |e| e.versions.len());
+        (0..n).map(|i| self.version_at(i)).collect()
     }
 }
 
@@ -199,7 +222,7 @@ impl ChartQuery {
             patient_id,
             revision: chart.revision,
             as_of,
-            chart: Arc::new(chart),
+            chart,
         }))
     }
 
@@ -214,7 +237,7 @@ impl ChartQuery {
         min_position: Option<u64>,
     ) -> ApiResult<Option<Entry>> {
         let chart = read_chart(ctx, Operation::ReadHistory, patient_id, as_of, min_position).await?;
-        let Some(chart) = chart.map(Arc::new) else { return Ok(None) };
+        let Some(chart) = chart else { return Ok(None) };
         Ok(projections::pit::entry_named(&chart, entry_id).map(|e| Entry::new(&chart, e)))
     }
 }

@@ -9,10 +9,12 @@ mod care;
 mod chart;
 mod consents;
 mod patients;
-mod sanitize;
+pub mod sanitize;
 mod staff;
 pub mod types;
 mod updates;
+
+use std::sync::Arc;
 
 use async_graphql::{Context, MergedObject, Schema};
 use domain::chart::Chart;
@@ -53,6 +55,7 @@ pub struct MutationRoot(
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, updates::SubscriptionRoot>;
 
 /// The schema with the server's limits. `state` is `None` only for printing the SDL.
+/// Serve it wrapped in [`sanitize::Sanitized`] ([`executor`]).
 pub fn schema(state: Option<AppState>) -> ApiSchema {
     let (depth, complexity) =
         state.as_ref().map_or((12, 2000), |s| (s.config.max_depth, s.config.max_complexity));
@@ -60,12 +63,16 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
         .limit_depth(depth)
         .limit_complexity(complexity)
         .limit_recursive_depth(32)
-        .limit_directives(8)
-        .extension(sanitize::Sanitize);
+        .limit_directives(8);
     if let Some(state) = state {
         b = b.data(state);
     }
     b.finish()
+}
+
+/// What the server executes: the schema, with the library's own errors sanitized.
+pub fn executor(state: AppState) -> sanitize::Sanitized {
+    sanitize::Sanitized(schema(Some(state)))
 }
 
 /// The SDL as committed in `schema/chartledger.graphql`.
@@ -100,19 +107,23 @@ fn record_op(present: Operation, point_in_time: bool) -> Operation {
 
 /// Read a patient's record: authorize `present` (or, with `as_of`, point-in-time
 /// access), wait for `min_position`, and load the chart from the read model (now) or by
-/// replaying the ledger (as of a time).
+/// replaying the ledger (as of a time). The current chart is the one the care-team
+/// decision read, unless the request waited for a position.
 async fn read_chart(
     ctx: &Context<'_>,
     present: Operation,
     patient_id: Uuid,
     as_of: Option<OffsetDateTime>,
     min_position: Option<u64>,
-) -> ApiResult<Option<Chart>> {
-    let (state, _) = parts(ctx)?;
+) -> ApiResult<Option<Arc<Chart>>> {
+    let (state, req) = parts(ctx)?;
     authorize(ctx, record_op(present, as_of.is_some()), Some(patient_id)).await?;
     wait_for(state, min_position).await?;
     Ok(match as_of {
-        Some(t) => Some(projections::pit::chart_as_of(&state.store, patient_id, types::ts(t)).await?.chart),
-        None => state.read.chart(patient_id).await?,
+        Some(t) => {
+            let pit = projections::pit::chart_as_of(&state.store, patient_id, types::ts(t)).await?;
+            Some(Arc::new(pit.chart))
+        }
+        None => req.current_chart(state, patient_id, min_position.is_some()).await?,
     })
 }

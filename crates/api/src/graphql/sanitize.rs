@@ -1,41 +1,50 @@
 //! Errors raised by the GraphQL library itself (parsing, validation, limits) carry no
 //! code of ours and may quote what the client sent (a string literal in a query can be a
-//! patient's name). This extension, on every request and every subscription message,
+//! patient's name). [`Sanitized`], on every request and every subscription message,
 //! gives them the stable code `graphql.invalid_request` and a generic message; locations
 //! and paths stay, and clients validate against the committed SDL. The fixed limit
 //! messages ("Query is nested too deep.", "Query is too complex.") quote nothing and stay.
+//!
+//! It wraps the schema as an [`Executor`] rather than being a schema extension: with any
+//! extension installed, async-graphql routes every field of every response through the
+//! extension chain (two registry look-ups and a boxed future per field).
 
+use std::future::Future;
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe};
-use async_graphql::{Response, ServerError};
+use async_graphql::{Data, Executor, Request, Response, ServerError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-#[derive(Debug)]
-pub struct Sanitize;
+use super::ApiSchema;
 
-impl ExtensionFactory for Sanitize {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(Sanitize)
+/// The schema, answering requests and subscription messages with sanitized errors. Serve
+/// this, never the bare schema.
+#[derive(Clone)]
+pub struct Sanitized(pub ApiSchema);
+
+impl std::fmt::Debug for Sanitized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sanitized")
     }
 }
 
-#[async_graphql::async_trait::async_trait]
-impl Extension for Sanitize {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let mut response = next.run(ctx).await;
-        sanitize(&mut response.errors);
-        response
+impl Executor for Sanitized {
+    fn execute(&self, request: Request) -> impl Future<Output = Response> + Send {
+        let schema = self.0.clone();
+        async move {
+            let mut response = schema.execute(request).await;
+            sanitize(&mut response.errors);
+            response
+        }
     }
 
-    fn subscribe<'s>(
+    fn execute_stream(
         &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream)
+        request: Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response> {
+        Executor::execute_stream(&self.0, request, session_data)
             .map(|mut response| {
                 sanitize(&mut response.errors);
                 response
