@@ -526,9 +526,20 @@ async fn automatic_logoff_lockout_logout_and_mfa() {
     let me = "{ me { userId role mfaVerified } }";
     assert_eq!(s.gql(Some(&tok), me, json!({})).await.data()["me"]["userId"], json!(nurse));
     s.gql(Some(&idle), me, json!({})).await.data();
-    // Logout.
+    // Logout, refused at once by the server that ended it.
     s.gql(Some(&t2), "mutation { logout }", json!({})).await.data();
     assert_eq!(s.gql(Some(&t2), me, json!({})).await.err(), "auth.session_expired");
+    // A session ended by another server sharing the database is refused here at most
+    // SESSION_RECHECK later (this server remembers a session it looked up that long).
+    let (_, t3) = s.user("nurse.elsewhere", "NURSE", None).await;
+    s.gql(Some(&t3), me, json!({})).await.data();
+    let other =
+        api::auth::Auth::new(s.state.store.pool().clone(), s.state.records.clone(), s.state.config.clone());
+    let p3 = other.authenticate(&t3).await.unwrap();
+    other.end_session(&p3, domain::events::SessionEnd::Logout).await.unwrap();
+    assert_eq!(other.authenticate(&t3).await.unwrap_err().code(), "auth.session_expired");
+    tokio::time::sleep(api::auth::SESSION_RECHECK + Duration::from_millis(50)).await;
+    assert_eq!(s.gql(Some(&t3), me, json!({})).await.err(), "auth.session_expired");
     // Automatic logoff after inactivity, recorded.
     tokio::time::sleep(Duration::from_millis(3600)).await;
     assert_eq!(s.gql(Some(&tok), me, json!({})).await.err(), "auth.session_expired");

@@ -7,8 +7,9 @@
 pub mod password;
 pub mod totp;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use domain::events::{
@@ -82,6 +83,53 @@ pub struct Auth {
     records: Records,
     read: ReadModels,
     config: Arc<ApiConfig>,
+    sessions: Arc<SessionCache>,
+}
+
+/// How long a session looked up in the database is trusted without looking again. A
+/// session this server ends, verifies or changes is forgotten at once; one ended by
+/// another server sharing the database is refused here at most this long after.
+pub const SESSION_RECHECK: Duration = Duration::from_secs(1);
+
+/// Sessions looked up within the last [`SESSION_RECHECK`], by token hash.
+#[derive(Debug, Default)]
+struct SessionCache {
+    map: Mutex<HashMap<Vec<u8>, CachedSession>>,
+}
+
+#[derive(Clone, Debug)]
+struct CachedSession {
+    principal: Principal,
+    last_seen: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    checked: Instant,
+}
+
+/// More sessions than this are pruned to those still fresh.
+const SESSION_CACHE_MAX: usize = 10_000;
+
+impl SessionCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, CachedSession>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fresh(&self, hash: &[u8]) -> Option<CachedSession> {
+        self.lock().get(hash).filter(|c| c.checked.elapsed() < SESSION_RECHECK).cloned()
+    }
+
+    fn put(&self, hash: Vec<u8>, session: CachedSession) {
+        let mut map = self.lock();
+        if map.len() >= SESSION_CACHE_MAX {
+            map.retain(|_, c| c.checked.elapsed() < SESSION_RECHECK);
+        }
+        if map.len() < SESSION_CACHE_MAX {
+            map.insert(hash, session);
+        }
+    }
+
+    fn forget(&self, keep: impl Fn(&Principal) -> bool) {
+        self.lock().retain(|_, c| keep(&c.principal));
+    }
 }
 
 fn token_hash(token: &str) -> Vec<u8> {
@@ -123,7 +171,7 @@ async fn verify_password(password: &str, phc: String) -> ApiResult<bool> {
 impl Auth {
     pub fn new(pool: PgPool, records: Records, config: Arc<ApiConfig>) -> Self {
         let read = ReadModels::new(pool.clone());
-        Self { pool, records, read, config }
+        Self { pool, records, read, config, sessions: Arc::default() }
     }
 
     async fn security(&self, actor: Actor, event: DomainEvent) -> ApiResult<()> {
@@ -154,6 +202,7 @@ impl Auth {
         .bind(must_change)
         .execute(&self.pool)
         .await?;
+        self.sessions.forget(|p| p.user_id != user_id);
         Ok(())
     }
 
@@ -389,6 +438,7 @@ impl Auth {
             .bind(now)
             .execute(&self.pool)
             .await?;
+        self.sessions.forget(|s| s.session_id != p.session_id);
         if !enrolled {
             self.security(p.actor(), DomainEvent::MfaEnrolled(MfaEnrolled { user_id: p.user_id })).await?;
         }
@@ -402,14 +452,22 @@ impl Auth {
     }
 
     /// The principal behind a bearer token, ending the session (and recording why) if
-    /// it has been idle too long or outlived its absolute lifetime.
+    /// it has been idle too long or outlived its absolute lifetime. A session looked up
+    /// less than [`SESSION_RECHECK`] ago is not looked up again (its idle and absolute
+    /// limits are still checked against the clock).
     pub async fn authenticate(&self, token: &str) -> ApiResult<Principal> {
         let now = OffsetDateTime::now_utc();
+        let hash = token_hash(token);
+        if let Some(c) = self.sessions.fresh(&hash) {
+            if now < c.expires_at && now - c.last_seen < dur(self.config.idle_timeout) {
+                return Ok(c.principal);
+            }
+        }
         let row = sqlx::query(
             "SELECT s.session_id, s.user_id, s.role, s.patient_id, s.mfa_verified, s.last_seen, s.expires_at, s.ended_at, \
              c.must_change_password FROM auth_sessions s JOIN auth_credentials c USING (user_id) WHERE s.token_hash = $1",
         )
-        .bind(token_hash(token))
+        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Err(ApiError::Unauthenticated) };
@@ -417,7 +475,7 @@ impl Auth {
         if row.try_get::<Option<OffsetDateTime>, _>("ended_at")?.is_some() {
             return Err(ApiError::SessionExpired);
         }
-        let last_seen: OffsetDateTime = row.try_get("last_seen")?;
+        let mut last_seen: OffsetDateTime = row.try_get("last_seen")?;
         let expires_at: OffsetDateTime = row.try_get("expires_at")?;
         if now >= expires_at {
             self.end_session(&p, SessionEnd::AbsoluteTimeout).await?;
@@ -434,7 +492,10 @@ impl Auth {
                 .bind(now)
                 .execute(&self.pool)
                 .await?;
+            last_seen = now;
         }
+        let cached = CachedSession { principal: p.clone(), last_seen, expires_at, checked: Instant::now() };
+        self.sessions.put(hash, cached);
         Ok(p)
     }
 
@@ -479,6 +540,7 @@ impl Auth {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        self.sessions.forget(|s| s.session_id != p.session_id);
         if ended == 1 {
             let event =
                 DomainEvent::SessionEnded(SessionEnded { user_id: p.user_id, session_id: p.session_id, end });
