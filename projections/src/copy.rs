@@ -16,6 +16,9 @@ use sqlx::Encode;
 
 use crate::error::ProjectionError;
 
+/// How much of the COPY stream is handed to sqlx at a time.
+const SEND_SLICE: usize = 256 * 1024;
+
 /// The signature, flags and header-extension length that open every binary COPY stream.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
@@ -91,11 +94,16 @@ impl CopyRows {
         debug_assert_eq!(self.in_row, self.fields, "last row incomplete");
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());
         let mut copy = conn.copy_in_raw(&format!("COPY {target} FROM STDIN (FORMAT binary)")).await?;
-        // A failed send leaves the COPY open; abort it so the connection stays usable (the
-        // transaction is rolled back by the caller).
-        if let Err(e) = copy.send(self.buf.as_slice()).await {
-            let _ = copy.abort("send failed").await;
-            return Err(e.into());
+        // In slices: sqlx copies what it is given into the connection's write buffer before
+        // flushing, so one send of a whole batch (tens of MB) would grow that buffer to the
+        // batch's size (page faults and copies on every batch). A failed send leaves the
+        // COPY open; abort it so the connection stays usable (the transaction is rolled
+        // back by the caller).
+        for slice in self.buf.chunks(SEND_SLICE) {
+            if let Err(e) = copy.send(slice).await {
+                let _ = copy.abort("send failed").await;
+                return Err(e.into());
+            }
         }
         copy.finish().await?;
         Ok(())
@@ -198,5 +206,26 @@ mod tests {
         assert_eq!(err.code(), "projection.database");
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM t").fetch_one(&mut *conn).await.unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_many_slices_arrives_whole() {
+        let db = testdb::TestDb::new().await.unwrap();
+        let mut conn = db.pool().acquire().await.unwrap();
+        sqlx::query("CREATE TABLE t (k int PRIMARY KEY, s text)").execute(&mut *conn).await.unwrap();
+        // Rows straddle slice boundaries: 3,000 rows of ~700 bytes is about 8 slices.
+        let text: String = (0..700).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let mut rows = CopyRows::new(2);
+        for k in 0..3000i32 {
+            rows.row().put(k).unwrap().put(format!("{k}:{text}")).unwrap();
+        }
+        rows.copy_into(&mut conn, "t (k, s)").await.unwrap();
+        let (n, sum, ok): (i64, i64, bool) =
+            sqlx::query_as("SELECT count(*), sum(k), bool_and(s = k || ':' || $1) FROM t")
+                .bind(&text)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!((n, sum, ok), (3000, 2999 * 3000 / 2, true));
     }
 }
