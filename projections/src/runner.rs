@@ -374,7 +374,8 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
             }
         };
         let more = decoded.count == page && decoded.newer.is_none();
-        pending.extend(decoded);
+        // A full page means more are coming: make room for a transaction's worth.
+        pending.extend(decoded, if more { inner.config.commit_events + page } else { 0 });
         if more && pending.count < inner.config.commit_events {
             continue;
         }
@@ -474,10 +475,17 @@ struct Decoded {
 }
 
 impl Decoded {
-    /// Append the page that follows this one (nothing follows a page cut short).
-    fn extend(&mut self, next: Decoded) {
+    /// Append the page that follows this one (nothing follows a page cut short). The
+    /// first page's events are taken as they are, with room for `expected` in all, so a
+    /// transaction's worth of pages is not copied again each time the batch grows.
+    fn extend(&mut self, next: Decoded, expected: usize) {
         debug_assert!(self.newer.is_none());
-        self.events.extend(next.events);
+        if self.events.is_empty() {
+            self.events = next.events;
+            self.events.reserve(expected.saturating_sub(self.events.len()));
+        } else {
+            self.events.extend(next.events);
+        }
         self.count += next.count;
         self.skipped += next.skipped;
         self.newer = next.newer;
