@@ -42,6 +42,10 @@ use store::{AllFilter, EventStore, ExpectedRevision, ProposedEvent, StoreConfig}
 use testdb::TestDb;
 use uuid::Uuid;
 
+/// The allocator `chartledger serve` (which runs the projections) runs with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
