@@ -8,6 +8,7 @@ pub mod password;
 pub mod totp;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,9 @@ pub const SESSION_RECHECK: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct SessionCache {
     map: Mutex<HashMap<Vec<u8>, CachedSession>>,
+    /// Bumped by every [`SessionCache::forget`]: a look-up that began before a session
+    /// was changed must not put back what it read (it may be the state before the change).
+    epoch: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -117,8 +121,17 @@ impl SessionCache {
         self.lock().get(hash).filter(|c| c.checked.elapsed() < SESSION_RECHECK).cloned()
     }
 
-    fn put(&self, hash: Vec<u8>, session: CachedSession) {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Keep `session`, read by a look-up that began at `epoch`, unless a session was
+    /// changed since.
+    fn put(&self, hash: Vec<u8>, session: CachedSession, epoch: u64) {
         let mut map = self.lock();
+        if self.epoch() != epoch {
+            return;
+        }
         if map.len() >= SESSION_CACHE_MAX {
             map.retain(|_, c| c.checked.elapsed() < SESSION_RECHECK);
         }
@@ -128,7 +141,9 @@ impl SessionCache {
     }
 
     fn forget(&self, keep: impl Fn(&Principal) -> bool) {
-        self.lock().retain(|_, c| keep(&c.principal));
+        let mut map = self.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        map.retain(|_, c| keep(&c.principal));
     }
 }
 
@@ -170,7 +185,8 @@ async fn verify_password(password: &str, phc: String) -> ApiResult<bool> {
 
 impl Auth {
     pub fn new(pool: PgPool, records: Records, config: Arc<ApiConfig>) -> Self {
-        let read = ReadModels::new(pool.clone());
+        // The staff directory only: no chart is read through this one.
+        let read = ReadModels::with_chart_cache(pool.clone(), 0);
         Self { pool, records, read, config, sessions: Arc::default() }
     }
 
@@ -463,6 +479,9 @@ impl Auth {
                 return Ok(c.principal);
             }
         }
+        // Taken before the look-up: the entry is trusted from when it was read, and is
+        // not kept if any session changed meanwhile.
+        let (epoch, checked) = (self.sessions.epoch(), Instant::now());
         let row = sqlx::query(
             "SELECT s.session_id, s.user_id, s.role, s.patient_id, s.mfa_verified, s.last_seen, s.expires_at, s.ended_at, \
              c.must_change_password FROM auth_sessions s JOIN auth_credentials c USING (user_id) WHERE s.token_hash = $1",
@@ -487,15 +506,22 @@ impl Auth {
         }
         // Touch at most once a second: activity within the second changes nothing.
         if now - last_seen >= time::Duration::SECOND {
-            sqlx::query("UPDATE auth_sessions SET last_seen = $2 WHERE session_id = $1 AND ended_at IS NULL")
-                .bind(p.session_id)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
+            let touched = sqlx::query(
+                "UPDATE auth_sessions SET last_seen = $2 WHERE session_id = $1 AND ended_at IS NULL",
+            )
+            .bind(p.session_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if touched == 0 {
+                // Ended since it was read.
+                return Err(ApiError::SessionExpired);
+            }
             last_seen = now;
         }
-        let cached = CachedSession { principal: p.clone(), last_seen, expires_at, checked: Instant::now() };
-        self.sessions.put(hash, cached);
+        let cached = CachedSession { principal: p.clone(), last_seen, expires_at, checked };
+        self.sessions.put(hash, cached, epoch);
         Ok(p)
     }
 
@@ -620,5 +646,55 @@ impl Auth {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| r.try_get("reason")).transpose()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(user_id: Uuid) -> CachedSession {
+        let now = OffsetDateTime::now_utc();
+        CachedSession {
+            principal: Principal {
+                user_id,
+                session_id: Uuid::now_v7(),
+                role: Role::Nurse,
+                patient_id: None,
+                mfa_verified: true,
+                must_change_password: false,
+            },
+            last_seen: now,
+            expires_at: now + time::Duration::HOUR,
+            checked: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_look_up_that_began_before_a_change_is_not_kept() {
+        let cache = SessionCache::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        // A look-up begins, the session is changed (logout) and forgotten, then the
+        // look-up finishes with what it read before the change: not kept.
+        let epoch = cache.epoch();
+        cache.forget(|p| p.user_id != a);
+        cache.put(b"a".to_vec(), session(a), epoch);
+        assert!(cache.fresh(b"a").is_none());
+        // A look-up after the change is kept, and forgotten by the next change.
+        cache.put(b"a".to_vec(), session(a), cache.epoch());
+        cache.put(b"b".to_vec(), session(b), cache.epoch());
+        assert!(cache.fresh(b"a").is_some());
+        cache.forget(|p| p.user_id != a);
+        assert!(cache.fresh(b"a").is_none());
+        assert!(cache.fresh(b"b").is_some(), "other sessions stay");
+    }
+
+    #[test]
+    fn an_entry_is_trusted_for_at_most_the_recheck_interval() {
+        let cache = SessionCache::default();
+        let mut old = session(Uuid::now_v7());
+        old.checked = Instant::now() - SESSION_RECHECK;
+        cache.put(b"old".to_vec(), old, cache.epoch());
+        assert!(cache.fresh(b"old").is_none());
     }
 }
