@@ -199,7 +199,7 @@ pub async fn authorize<'a>(
 ) -> ApiResult<&'a Principal> {
     let (state, req) = parts(ctx)?;
     let p = req.principal()?;
-    let break_glass = match check(state, req, p, op, patient).await {
+    let break_glass = match check(state, req, p, op, patient, CareTeamFrom::of(op)).await {
         Ok(bg) => bg,
         Err(e @ (ApiError::Forbidden | ApiError::ConsentRequired)) => {
             deny(state, req, p, op, patient, e.code()).await;
@@ -221,16 +221,40 @@ pub async fn recheck(state: &AppState, req: &RequestCtx, op: Operation, patient:
     state.auth.check_live(p).await?;
     // A subscription outlives requests: decide afresh (care team changes, grants expire).
     req.forget();
-    check(state, req, p, op, Some(patient)).await.map(|_| ())
+    check(state, req, p, op, Some(patient), CareTeamFrom::of(op)).await.map(|_| ())
 }
 
 /// Whether the principal may see `patient` in a list (search results): the same rule,
 /// without recording a refusal for each patient left out.
 pub async fn may_list(state: &AppState, req: &RequestCtx, p: &Principal, patient: Uuid) -> ApiResult<bool> {
-    match check(state, req, p, Operation::ReadDemographics, Some(patient)).await {
+    // A search decides for many patients and returns none of their charts: ask the care
+    // team table directly rather than load each chart.
+    match check(state, req, p, Operation::ReadDemographics, Some(patient), CareTeamFrom::Table).await {
         Ok(_) => Ok(true),
         Err(ApiError::Forbidden | ApiError::ConsentRequired) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Where a care-team decision finds the care team.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CareTeamFrom {
+    /// The current chart, which the request goes on to read.
+    Chart,
+    /// The care-team table: the request reads no current chart.
+    Table,
+}
+
+impl CareTeamFrom {
+    /// The chart for the operations that read the current chart (their resolvers reuse
+    /// it); the table for writes, point-in-time reads and the rest.
+    fn of(op: Operation) -> Self {
+        use Operation::*;
+        match op {
+            ReadDemographics | ReadClinical | ReadHistory | ReadConsents | ReadCareTeam
+            | ReadAppointments => Self::Chart,
+            _ => Self::Table,
+        }
     }
 }
 
@@ -241,6 +265,7 @@ async fn check(
     p: &Principal,
     op: Operation,
     patient: Option<Uuid>,
+    care_team: CareTeamFrom,
 ) -> ApiResult<Option<String>> {
     let mut break_glass = None;
     match policy::rule(p.role, op) {
@@ -257,8 +282,14 @@ async fn check(
             let decided = match known {
                 Some(d) => d,
                 None => {
-                    let chart = req.current_chart(state, patient, false).await?;
-                    let d = if chart.is_some_and(|c| c.care_team.contains_key(&p.user_id)) {
+                    let on_team = match care_team {
+                        CareTeamFrom::Chart => req
+                            .current_chart(state, patient, false)
+                            .await?
+                            .is_some_and(|c| c.care_team.contains_key(&p.user_id)),
+                        CareTeamFrom::Table => state.read.is_on_care_team(patient, p.user_id).await?,
+                    };
+                    let d = if on_team {
                         Some(None)
                     } else {
                         state.auth.break_glass_reason(p, patient).await?.map(Some)
