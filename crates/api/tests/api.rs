@@ -898,6 +898,37 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
     let err = ws::next(&mut bad).await;
     assert!(!err.to_string().contains("Socketphiname"), "{err}");
     assert!(err.to_string().contains("graphql.invalid_request"), "{err}");
+    // Queries and mutations are refused over the socket (only the HTTP path writes the
+    // access events before PHI leaves), named or not.
+    for (id, payload) in [
+        (
+            "10",
+            json!({"query": "query($p: UUID!) { chart(patientId: $p) { patientId } }", "variables": {"p": p}}),
+        ),
+        (
+            "11",
+            json!({"query": "query A { me { userId } } subscription B { chartUpdates(patientId: \"00000000-0000-0000-0000-000000000000\") { position } }", "operationName": "A"}),
+        ),
+        ("12", json!({"query": "mutation { logout }"})),
+    ] {
+        let msg = json!({"id": id, "type": "subscribe", "payload": payload});
+        futures::SinkExt::send(&mut bad, tokio_tungstenite::tungstenite::Message::text(msg.to_string()))
+            .await
+            .unwrap();
+        let refused = loop {
+            let m = ws::next(&mut bad).await;
+            if m["id"] == id && m["type"] != "complete" {
+                break m;
+            }
+        };
+        let e = if refused["type"] == "error" {
+            &refused["payload"][0]
+        } else {
+            &refused["payload"]["errors"][0]
+        };
+        assert_eq!(e["extensions"]["code"], "graphql.subscriptions_only", "{refused}");
+        assert!(refused["payload"]["data"].is_null(), "{refused}");
+    }
     // An unknown purpose of use is refused at the upgrade, not replaced by a default.
     let url = format!("{}/graphql/ws", s.url.replace("http://", "ws://"));
     let mut req =

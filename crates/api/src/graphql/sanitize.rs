@@ -12,11 +12,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use async_graphql::{Data, Executor, Request, Response, ServerError};
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::{Data, Executor, Pos, Request, Response, ServerError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::ApiSchema;
+use crate::error::ApiError;
 
 /// The schema, answering requests and subscription messages with sanitized errors. Serve
 /// this, never the bare schema.
@@ -39,11 +41,20 @@ impl Executor for Sanitized {
         }
     }
 
+    /// Subscriptions (over WebSocket). Queries and mutations are refused there: the HTTP
+    /// handler is what writes a request's access events before its response, and a query
+    /// over the socket would return PHI without them.
     fn execute_stream(
         &self,
-        request: Request,
+        mut request: Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
+        if runs_other_than_a_subscription(&mut request) {
+            let err: async_graphql::Error =
+                ApiError::InvalidInput { code: "graphql.subscriptions_only" }.into();
+            let refused = Response::from_errors(vec![err.into_server_error(Pos::default())]);
+            return futures::stream::once(async move { refused }).boxed();
+        }
         Executor::execute_stream(&self.0, request, session_data)
             .map(|mut response| {
                 sanitize(&mut response.errors);
@@ -51,6 +62,23 @@ impl Executor for Sanitized {
             })
             .boxed()
     }
+}
+
+/// Whether the request names (or is) a query or a mutation. A document that does not
+/// parse, or does not say which operation to run, is left to the schema, which refuses it
+/// with a sanitized error.
+fn runs_other_than_a_subscription(request: &mut Request) -> bool {
+    let name = request.operation_name.clone();
+    let Ok(doc) = request.parsed_query() else { return false };
+    let op = match (&doc.operations, name) {
+        (DocumentOperations::Single(op), _) => Some(op),
+        (DocumentOperations::Multiple(ops), Some(n)) => {
+            ops.iter().find(|(k, _)| k.as_str() == n).map(|(_, op)| op)
+        }
+        (DocumentOperations::Multiple(ops), None) if ops.len() == 1 => ops.values().next(),
+        (DocumentOperations::Multiple(_), None) => None,
+    };
+    op.is_some_and(|op| op.node.ty != OperationType::Subscription)
 }
 
 fn sanitize(errors: &mut [ServerError]) {
@@ -64,5 +92,29 @@ fn sanitize(errors: &mut [ServerError]) {
         let mut ext = e.extensions.take().unwrap_or_default();
         ext.set("code", "graphql.invalid_request");
         e.extensions = Some(ext);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_subscriptions_run_over_the_socket() {
+        let q = |query: &str, name: Option<&str>| {
+            let mut r = Request::new(query);
+            if let Some(n) = name {
+                r = r.operation_name(n);
+            }
+            runs_other_than_a_subscription(&mut r)
+        };
+        assert!(q("query($p: UUID!) { chart(patientId: $p) { patientId } }", None));
+        assert!(q("{ me { userId } }", None));
+        assert!(q("mutation { logout }", None));
+        assert!(q("query A { me { userId } } subscription B { x }", Some("A")));
+        assert!(!q("query A { me { userId } } subscription B { x }", Some("B")));
+        assert!(!q("subscription { chartUpdates(patientId: 1) { position } }", None));
+        assert!(!q("query A { a } query B { b }", None), "ambiguous: the schema refuses it");
+        assert!(!q("subscription {", None), "unparsable: the schema refuses it");
     }
 }
