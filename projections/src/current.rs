@@ -12,8 +12,8 @@
 //! a chart older than the row it was checked against.
 //!
 //! The cache holds PHI in this process's memory, like the projection runner's; it is
-//! bounded by weight (about one unit per entry version, consent version, care-team member
-//! and appointment). Erasing a payload (a later feature) must clear it.
+//! bounded by an estimate of the charts' size in bytes ([`footprint`]). Erasing a payload
+//! (a later feature) must clear it.
 
 use std::sync::Arc;
 
@@ -22,25 +22,62 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 use uuid::Uuid;
 
-/// Default weight capacity: roughly the number of entry versions (and other chart items)
-/// kept in memory across all cached charts.
-pub const DEFAULT_CAPACITY: u64 = 250_000;
+/// Default capacity: 256 MiB of charts, as estimated by [`footprint`].
+pub const DEFAULT_CAPACITY: u64 = 256 << 20;
+
+/// A chart as kept, with its estimated size (computed once, when it is kept).
+#[derive(Clone)]
+struct Kept {
+    chart: Arc<Chart>,
+    bytes: u64,
+}
 
 #[derive(Clone, Copy, Debug)]
 struct ChartWeight;
 
-impl Weighter<Uuid, Arc<Chart>> for ChartWeight {
-    fn weight(&self, _: &Uuid, chart: &Arc<Chart>) -> u64 {
-        let versions: usize = chart.entries.values().map(|e| e.versions.len()).sum();
-        let items =
-            1 + versions + chart.consent.versions.len() + chart.care_team.len() + chart.appointments.len();
-        u64::try_from(items).unwrap_or(u64::MAX)
+impl Weighter<Uuid, Kept> for ChartWeight {
+    fn weight(&self, _: &Uuid, kept: &Kept) -> u64 {
+        kept.bytes.max(1)
     }
+}
+
+/// Counts what is written to it.
+struct Counter(u64);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// About how much memory a chart holds: a fixed amount per item, plus the JSON length of
+/// each version's content (the part that varies: a note can be long).
+pub fn footprint(chart: &Chart) -> u64 {
+    let mut content = Counter(0);
+    let mut versions = 0u64;
+    for e in chart.entries.values() {
+        for v in &e.versions {
+            versions += 1;
+            // Writing to a counter cannot fail; a content that cannot be encoded is
+            // counted as what was written of it.
+            let _ = serde_json::to_writer(&mut content, &v.content);
+        }
+    }
+    let items = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    512 + 256 * versions
+        + content.0
+        + 256 * items(chart.consent.versions.len())
+        + 128 * items(chart.care_team.len())
+        + 256 * items(chart.appointments.len())
 }
 
 /// Charts by patient, each as loaded at its `position`.
 pub struct CurrentCharts {
-    cache: Cache<Uuid, Arc<Chart>, ChartWeight>,
+    cache: Cache<Uuid, Kept, ChartWeight>,
 }
 
 impl std::fmt::Debug for CurrentCharts {
@@ -50,25 +87,25 @@ impl std::fmt::Debug for CurrentCharts {
 }
 
 impl CurrentCharts {
-    /// A cache of about `capacity` weight units (0: keep nothing).
+    /// A cache of about `capacity` bytes of charts (0: keep nothing).
     pub fn new(capacity: u64) -> Self {
-        let items = usize::try_from(capacity / 16).unwrap_or(usize::MAX).max(16);
+        // quick_cache sizes its tables from an expected count: guess 16 KiB a chart.
+        let items = usize::try_from(capacity / (16 << 10)).unwrap_or(usize::MAX).max(16);
         Self { cache: Cache::with_weighter(items, capacity, ChartWeight) }
     }
 
     /// The cached chart of `patient_id` when it was loaded at `position`.
     pub fn at(&self, patient_id: Uuid, position: u64) -> Option<Arc<Chart>> {
-        self.cache.get(&patient_id).filter(|c| c.position == Some(position))
+        self.cache.get(&patient_id).map(|k| k.chart).filter(|c| c.position == Some(position))
     }
 
     /// Keep `chart` (replacing an older one; a chart older than the one kept is ignored,
     /// so a slow reader cannot put back what a faster one replaced).
     pub fn keep(&self, chart: &Arc<Chart>) {
-        let newer = |kept: &Arc<Chart>| kept.position >= chart.position;
-        if self.cache.get(&chart.patient_id).is_some_and(|kept| newer(&kept)) {
+        if self.cache.get(&chart.patient_id).is_some_and(|kept| kept.chart.position >= chart.position) {
             return;
         }
-        self.cache.insert(chart.patient_id, chart.clone());
+        self.cache.insert(chart.patient_id, Kept { chart: chart.clone(), bytes: footprint(chart) });
     }
 
     /// Drop every chart (an erasure, or a test).
@@ -98,7 +135,7 @@ mod tests {
 
     #[test]
     fn serves_only_the_position_it_was_loaded_at() {
-        let cache = CurrentCharts::new(1000);
+        let cache = CurrentCharts::new(1 << 20);
         let p = Uuid::now_v7();
         assert!(cache.at(p, 5).is_none());
         cache.keep(&chart(p, 5));
@@ -115,11 +152,42 @@ mod tests {
     }
 
     #[test]
-    fn bounded_by_weight() {
-        let cache = CurrentCharts::new(64);
+    fn bounded_by_size() {
+        let empty = footprint(&chart(Uuid::now_v7(), 0));
+        let cache = CurrentCharts::new(64 * empty);
         for i in 0..1000 {
             cache.keep(&chart(Uuid::now_v7(), i));
         }
         assert!(cache.len() <= 64, "{} charts kept", cache.len());
+        assert!(!cache.is_empty());
+    }
+
+    #[test]
+    fn a_long_note_weighs_more() {
+        use domain::sim::Sim;
+        let mut sim = Sim::new(1);
+        let mut c = Chart::new(Uuid::now_v7());
+        let base = footprint(&c);
+        let id = Uuid::now_v7();
+        let mut e = domain::chart::Entry {
+            entry_id: id,
+            kind: domain::events::EntryKind::SoapNote,
+            status: domain::chart::EntryStatus::Active,
+            versions: Vec::new(),
+        };
+        let content = sim.content(Some(domain::events::EntryKind::SoapNote));
+        let json = serde_json::to_vec(&content).map(|v| v.len() as u64).unwrap_or(0);
+        e.versions.push(domain::chart::EntryVersion {
+            version: 1,
+            change: domain::chart::VersionChange::Recorded,
+            content,
+            effective_at: ledger::Timestamp::from_micros(0),
+            author: ledger::Actor::system(),
+            recorded_at: ledger::Timestamp::from_micros(0),
+            event_id: id,
+            position: 1,
+        });
+        c.entries.insert(id, e);
+        assert_eq!(footprint(&c), base + 256 + json);
     }
 }

@@ -241,8 +241,8 @@ impl ReadModels {
         Self::with_chart_cache(pool, DEFAULT_CAPACITY)
     }
 
-    /// With a cache of current charts of about `capacity` weight units (see
-    /// [`CurrentCharts`]; 0 keeps none).
+    /// With a cache of about `capacity` bytes of current charts (see [`CurrentCharts`]; 0
+    /// keeps none).
     pub fn with_chart_cache(pool: PgPool, capacity: u64) -> Self {
         Self { pool, charts: Arc::new(CurrentCharts::new(capacity)) }
     }

@@ -47,6 +47,9 @@ pub struct ApiConfig {
     pub trust_forwarded_for: bool,
     /// Serve GraphiQL at `/`.
     pub graphiql: bool,
+    /// Memory for current charts kept between reads, in MiB (about; 0 keeps none). Each
+    /// read still checks its chart against the read model (`ReadModels::current_chart`).
+    pub chart_cache_mib: u64,
 }
 
 impl Default for ApiConfig {
@@ -68,6 +71,7 @@ impl Default for ApiConfig {
             tls_key: None,
             trust_forwarded_for: false,
             graphiql: true,
+            chart_cache_mib: 256,
         }
     }
 }

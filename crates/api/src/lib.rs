@@ -50,7 +50,10 @@ impl AppState {
     pub fn new(store: EventStore, projections: Projections, config: ApiConfig) -> Self {
         let config = Arc::new(config);
         let records = Records::new(store.clone());
-        let read = ReadModels::new(store.pool().clone());
+        let read = ReadModels::with_chart_cache(
+            store.pool().clone(),
+            config.chart_cache_mib.saturating_mul(1 << 20),
+        );
         let auth = auth::Auth::new(store.pool().clone(), records.clone(), config.clone());
         Self { store, records, read, projections, auth, config, metrics: metrics::Metrics::new() }
     }
