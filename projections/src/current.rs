@@ -1,13 +1,14 @@
 //! Current charts, served from memory when they have not changed.
 //!
-//! A patient's chart in the read model is a function of the last event of the patient's
-//! stream that was applied to it: the patient row's `position` names that event (every
-//! event of a patient stream rewrites it, in the same transaction as the rest of the
-//! chart). So a chart loaded when the row said position P is exactly the chart whenever
-//! the row says P again, in any generation of the tables (the fold is deterministic).
-//! [`CurrentCharts::get`] asks the database for that one column (a primary-key probe)
-//! and returns the cached chart when its position matches, else loads the chart in full
-//! and keeps it. Nothing is invalidated by messages, so several servers (or a projection
+//! A patient's chart in a generation of the read model is a function of the last event
+//! of the patient's stream applied to it: the patient row's `position` names that event
+//! (every event of a patient stream rewrites it, in the same transaction as the rest of
+//! the chart). So a chart loaded from generation G when the row said position P is
+//! exactly the chart whenever G's row says P again. Generations are told apart because a
+//! rebuild may fold differently (a newer build, or payloads erased since): `rm.patients`
+//! names its generation in every row. [`crate::ReadModels::current_chart`] reads those
+//! two columns (a primary-key probe) and returns the cached chart when both match, else
+//! loads the chart in full (the load names its generation too) and keeps it. Nothing is invalidated by messages, so several servers (or a projection
 //! runner in another process) can write the read models without this cache ever serving
 //! a chart older than the row it was checked against.
 //!
@@ -29,6 +30,8 @@ pub const DEFAULT_CAPACITY: u64 = 256 << 20;
 #[derive(Clone)]
 struct Kept {
     chart: Arc<Chart>,
+    /// The read-model generation it was loaded from.
+    generation: i32,
     bytes: u64,
 }
 
@@ -94,18 +97,24 @@ impl CurrentCharts {
         Self { cache: Cache::with_weighter(items, capacity, ChartWeight) }
     }
 
-    /// The cached chart of `patient_id` when it was loaded at `position`.
-    pub fn at(&self, patient_id: Uuid, position: u64) -> Option<Arc<Chart>> {
-        self.cache.get(&patient_id).map(|k| k.chart).filter(|c| c.position == Some(position))
+    /// The cached chart of `patient_id` when it was loaded from `generation` at `position`.
+    pub fn at(&self, patient_id: Uuid, generation: i32, position: u64) -> Option<Arc<Chart>> {
+        self.cache
+            .get(&patient_id)
+            .filter(|k| k.generation == generation && k.chart.position == Some(position))
+            .map(|k| k.chart)
     }
 
-    /// Keep `chart` (replacing an older one; a chart older than the one kept is ignored,
-    /// so a slow reader cannot put back what a faster one replaced).
-    pub fn keep(&self, chart: &Arc<Chart>) {
-        if self.cache.get(&chart.patient_id).is_some_and(|kept| kept.chart.position >= chart.position) {
+    /// Keep `chart`, loaded from `generation` (replacing an older one; a chart older than
+    /// the one kept, or from an older generation, is ignored, so a slow reader cannot put
+    /// back what a faster one replaced).
+    pub fn keep(&self, chart: &Arc<Chart>, generation: i32) {
+        let newer = |kept: &Kept| (kept.generation, kept.chart.position) >= (generation, chart.position);
+        if self.cache.get(&chart.patient_id).is_some_and(|kept| newer(&kept)) {
             return;
         }
-        self.cache.insert(chart.patient_id, Kept { chart: chart.clone(), bytes: footprint(chart) });
+        let kept = Kept { chart: chart.clone(), generation, bytes: footprint(chart) };
+        self.cache.insert(chart.patient_id, kept);
     }
 
     /// Drop every chart (an erasure, or a test).
@@ -137,16 +146,21 @@ mod tests {
     fn serves_only_the_position_it_was_loaded_at() {
         let cache = CurrentCharts::new(1 << 20);
         let p = Uuid::now_v7();
-        assert!(cache.at(p, 5).is_none());
-        cache.keep(&chart(p, 5));
-        assert_eq!(cache.at(p, 5).and_then(|c| c.position), Some(5));
-        assert!(cache.at(p, 6).is_none(), "a newer row is a miss");
-        assert!(cache.at(p, 4).is_none(), "an older row (a rebuilt generation behind) is a miss");
-        cache.keep(&chart(p, 9));
-        assert_eq!(cache.at(p, 9).and_then(|c| c.position), Some(9));
-        cache.keep(&chart(p, 7));
-        assert!(cache.at(p, 7).is_none(), "an older load does not replace a newer one");
-        assert!(cache.at(p, 9).is_some());
+        assert!(cache.at(p, 1, 5).is_none());
+        cache.keep(&chart(p, 5), 1);
+        assert_eq!(cache.at(p, 1, 5).and_then(|c| c.position), Some(5));
+        assert!(cache.at(p, 1, 6).is_none(), "a newer row is a miss");
+        assert!(cache.at(p, 1, 4).is_none(), "an older row is a miss");
+        assert!(cache.at(p, 2, 5).is_none(), "another generation is a miss at the same position");
+        cache.keep(&chart(p, 9), 1);
+        assert_eq!(cache.at(p, 1, 9).and_then(|c| c.position), Some(9));
+        cache.keep(&chart(p, 7), 1);
+        assert!(cache.at(p, 1, 7).is_none(), "an older load does not replace a newer one");
+        assert!(cache.at(p, 1, 9).is_some());
+        cache.keep(&chart(p, 9), 2);
+        assert!(cache.at(p, 2, 9).is_some(), "a newer generation replaces");
+        cache.keep(&chart(p, 9), 1);
+        assert!(cache.at(p, 2, 9).is_some(), "an older generation does not");
         cache.clear();
         assert!(cache.is_empty());
     }
@@ -156,7 +170,7 @@ mod tests {
         let empty = footprint(&chart(Uuid::now_v7(), 0));
         let cache = CurrentCharts::new(64 * empty);
         for i in 0..1000 {
-            cache.keep(&chart(Uuid::now_v7(), i));
+            cache.keep(&chart(Uuid::now_v7(), i), 1);
         }
         assert!(cache.len() <= 64, "{} charts kept", cache.len());
         assert!(!cache.is_empty());

@@ -99,6 +99,7 @@ const CHART_COLS: &[(&str, &str, &str)] = &[
     ("revision", "bigint", "revision"),
     ("position", "bigint", "position"),
     ("anomalies", "bigint", "anomalies"),
+    ("generation", "integer", "generation"),
     ("entry_id", "uuid", "entry_id"),
     ("version", "integer", "version"),
     ("change", "text", "change"),
@@ -156,6 +157,7 @@ fn chart_sql() -> &'static str {
                     "revision",
                     "position",
                     "anomalies",
+                    "generation",
                 ],
             ),
             (
@@ -253,21 +255,22 @@ impl ReadModels {
     }
 
     /// A patient's current chart, as [`ReadModels::chart`] would load it: one primary-key
-    /// probe of the patient row's position, and the cached chart when it was loaded at that
-    /// position (see [`crate::current`]); else the full load, kept for the next read.
+    /// probe of the patient row's position and generation, and the cached chart when it was
+    /// loaded from that generation at that position (see [`crate::current`]); else the
+    /// full load, kept for the next read.
     pub async fn current_chart(&self, patient_id: Uuid) -> Result<Option<Arc<Chart>>, ProjectionError> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM rm.patients WHERE patient_id = $1")
+        let probe: Option<(i64, i32)> =
+            sqlx::query_as("SELECT position, generation FROM rm.patients WHERE patient_id = $1")
                 .bind(patient_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let Some(position) = position else { return Ok(None) };
-        if let Some(chart) = self.charts.at(patient_id, upos(position)) {
+        let Some((position, generation)) = probe else { return Ok(None) };
+        if let Some(chart) = self.charts.at(patient_id, generation, upos(position)) {
             return Ok(Some(chart));
         }
-        let Some(chart) = self.chart(patient_id).await? else { return Ok(None) };
+        let Some((chart, loaded_from)) = self.load_chart(patient_id).await? else { return Ok(None) };
         let chart = Arc::new(chart);
-        self.charts.keep(&chart);
+        self.charts.keep(&chart, loaded_from);
         Ok(Some(chart))
     }
 
@@ -275,12 +278,18 @@ impl ReadModels {
     /// one statement: one round trip, and one snapshot of all the chart's tables without
     /// a transaction around it (see [`chart_sql`]).
     pub async fn chart(&self, patient_id: Uuid) -> Result<Option<Chart>, ProjectionError> {
+        Ok(self.load_chart(patient_id).await?.map(|(chart, _)| chart))
+    }
+
+    /// The chart and the generation of the read models it was read from.
+    async fn load_chart(&self, patient_id: Uuid) -> Result<Option<(Chart, i32)>, ProjectionError> {
         let rows = sqlx::query(chart_sql()).bind(patient_id).fetch_all(&self.pool).await?;
         let mut rows = rows.iter();
         // The patient's row sorts first; without it there is no chart.
         let Some(first) = rows.next().filter(|r| matches!(r.try_get::<i16, _>("k"), Ok(K_PATIENT))) else {
             return Ok(None);
         };
+        let generation: i32 = first.try_get("generation")?;
         let mut chart = Chart::new(patient_id);
         records::patient_into(first, &mut chart)?;
         for row in rows {
@@ -298,7 +307,7 @@ impl ReadModels {
                 _ => return Err(ProjectionError::Corrupt { what: "chart row" }),
             }
         }
-        Ok(Some(chart))
+        Ok(Some((chart, generation)))
     }
 
     pub async fn search_patients(

@@ -221,7 +221,20 @@ async fn ensure_active(pool: &PgPool) -> Result<Vec<Generation>, ProjectionError
     if found.is_none() {
         let g = next_generation(&mut tx).await?;
         create_tables(&mut tx, g, "active").await?;
-        point_views(&mut tx, &schema_of(g)).await?;
+        point_views(&mut tx, g).await?;
+    } else if let Some(row) = found {
+        // Views made before `rm.patients` named its generation get the column (at the end,
+        // which `CREATE OR REPLACE VIEW` allows).
+        let g: i32 = row.try_get("generation")?;
+        let named: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = 'rm' AND table_name = 'patients' AND column_name = 'generation')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !named {
+            sqlx::query(&patients_view(g)).execute(&mut *tx).await?;
+        }
     }
     tx.commit().await?;
     generations(pool).await
@@ -267,11 +280,27 @@ async fn create_tables(
     Ok(())
 }
 
-/// Point the `rm.*` views at `schema` (inside the caller's transaction).
-async fn point_views(tx: &mut sqlx::PgConnection, schema: &str) -> Result<(), ProjectionError> {
+/// `rm.patients` over generation `g`, naming the generation in every row: a reader that
+/// keeps charts between reads (`crate::current`) tells generations apart by it, in the
+/// same statement that reads the row.
+fn patients_view(g: i32) -> String {
+    format!(
+        "CREATE OR REPLACE VIEW rm.patients AS SELECT *, {g}::integer AS generation FROM {}.patients",
+        schema_of(g)
+    )
+}
+
+/// Point the `rm.*` views at generation `g` (inside the caller's transaction).
+async fn point_views(tx: &mut sqlx::PgConnection, g: i32) -> Result<(), ProjectionError> {
+    let schema = schema_of(g);
     for t in records::TABLES {
         sqlx::query(&format!("DROP VIEW IF EXISTS rm.{t}")).execute(&mut *tx).await?;
-        sqlx::query(&format!("CREATE VIEW rm.{t} AS SELECT * FROM {schema}.{t}")).execute(&mut *tx).await?;
+        let create = if *t == "patients" {
+            patients_view(g)
+        } else {
+            format!("CREATE VIEW rm.{t} AS SELECT * FROM {schema}.{t}")
+        };
+        sqlx::query(&create).execute(&mut *tx).await?;
         sqlx::query(&format!("GRANT SELECT ON rm.{t} TO chartledger_readonly")).execute(&mut *tx).await?;
     }
     Ok(())
@@ -850,7 +879,7 @@ async fn try_switch(inner: &Arc<Inner>, generation: i32) -> Result<bool, Project
     .bind(generation)
     .execute(&mut *tx)
     .await?;
-    point_views(&mut tx, &schema_of(generation)).await?;
+    point_views(&mut tx, generation).await?;
     tx.commit().await?;
     inner.active_generation.store(generation, Ordering::Release);
     inner.skipped.store(my_skipped, Ordering::Relaxed);
