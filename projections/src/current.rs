@@ -8,13 +8,15 @@
 //! rebuild may fold differently (a newer build, or payloads erased since): `rm.patients`
 //! names its generation in every row. [`crate::ReadModels::current_chart`] reads those
 //! two columns (a primary-key probe) and returns the cached chart when both match, else
-//! loads the chart in full (the load names its generation too) and keeps it. Nothing is invalidated by messages, so several servers (or a projection
-//! runner in another process) can write the read models without this cache ever serving
-//! a chart older than the row it was checked against.
+//! loads the chart in full (the load names its generation too) and keeps it. Nothing is
+//! invalidated by messages, so several servers (or a projection runner in another
+//! process) can write the read models without this cache ever serving a chart other than
+//! the one the row it was checked against stands for.
 //!
 //! The cache holds PHI in this process's memory, like the projection runner's; it is
 //! bounded by an estimate of the charts' size in bytes ([`footprint`]). Erasing a payload
-//! (a later feature) must clear it.
+//! (a later feature) must clear it here; other processes stop serving the chart once the
+//! erased generation is rebuilt.
 
 use std::sync::Arc;
 
@@ -78,7 +80,7 @@ pub fn footprint(chart: &Chart) -> u64 {
         + 256 * items(chart.appointments.len())
 }
 
-/// Charts by patient, each as loaded at its `position`.
+/// Charts by patient, each with the generation and `position` it was loaded at.
 pub struct CurrentCharts {
     cache: Cache<Uuid, Kept, ChartWeight>,
 }

@@ -206,7 +206,8 @@ impl Projections {
     }
 }
 
-/// Create the active generation if there is none; return every generation.
+/// Create the active generation if there is none (else bring its `rm.patients` view up to
+/// date); return every generation.
 async fn ensure_active(pool: &PgPool) -> Result<Vec<Generation>, ProjectionError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chartledger.projections'))")
@@ -218,22 +219,25 @@ async fn ensure_active(pool: &PgPool) -> Result<Vec<Generation>, ProjectionError
     .bind(PROJECTION)
     .fetch_optional(&mut *tx)
     .await?;
-    if found.is_none() {
-        let g = next_generation(&mut tx).await?;
-        create_tables(&mut tx, g, "active").await?;
-        point_views(&mut tx, g).await?;
-    } else if let Some(row) = found {
-        // Views made before `rm.patients` named its generation get the column (at the end,
-        // which `CREATE OR REPLACE VIEW` allows).
-        let g: i32 = row.try_get("generation")?;
-        let named: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
-             WHERE table_schema = 'rm' AND table_name = 'patients' AND column_name = 'generation')",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if !named {
-            sqlx::query(&patients_view(g)).execute(&mut *tx).await?;
+    match found {
+        None => {
+            let g = next_generation(&mut tx).await?;
+            create_tables(&mut tx, g, "active").await?;
+            point_views(&mut tx, g).await?;
+        }
+        Some(row) => {
+            // Views made before `rm.patients` named its generation get the column (at the
+            // end, which `CREATE OR REPLACE VIEW` allows).
+            let g: i32 = row.try_get("generation")?;
+            let named: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+                 WHERE table_schema = 'rm' AND table_name = 'patients' AND column_name = 'generation')",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if !named {
+                sqlx::query(&patients_view(g)).execute(&mut *tx).await?;
+            }
         }
     }
     tx.commit().await?;

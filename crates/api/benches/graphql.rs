@@ -26,13 +26,13 @@
 //!
 //! The server's `fsync` is printed; the run is refused when it is off.
 //!
-//! What an audited chart read costs (see ARCHITECTURE.md, `crates/api`): one session
-//! look-up, one probe of the patient row's position (`ReadModels::current_chart`: the
-//! chart comes from memory when it has not changed since it was loaded, else in one
-//! statement; the care-team decision reads the same chart), and the access event, which
-//! waits for a group commit (one WAL flush shared by the events queued with it) before
-//! the response is sent. sqlx's pool checks a connection with a
-//! round trip when it is given back, and, unless `test_before_acquire` is off (as in
+//! What an audited chart read costs (see ARCHITECTURE.md, `crates/api`): the session
+//! (looked up at most once a second per session), one probe of the patient row's
+//! position and generation (`ReadModels::current_chart`: the chart comes from memory when
+//! it has not changed since it was loaded, else in one statement; the care-team decision
+//! reads the same chart), and the access event, which waits for a group commit (one WAL
+//! flush shared by the events queued with it) before the response is sent. sqlx's pool
+//! checks a connection with a round trip when it is given back, and, unless `test_before_acquire` is off (as in
 //! `api::pool_options`), again when it is taken: those round trips are not statements
 //! and are not counted below. On 2 cores shared by the clients, the server and
 //! PostgreSQL the reads are CPU-bound, so compare figures only within one run.
