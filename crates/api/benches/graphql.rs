@@ -4,8 +4,12 @@
 //!
 //! 1. the server as `chartledger serve` wires it (`AppState::new`, `http::router`, a
 //!    24-connection pool from `api::pool_options`, the projection runner) on an ephemeral
-//!    loopback port, in its own 2-worker runtime; the load clients run in a second runtime
-//!    of the same process;
+//!    loopback port, in its own 2-worker runtime (threads `bench-server`); the load clients
+//!    run in a second runtime of the same process (threads `bench-client`, so a profile
+//!    tells the two apart), each on one keep-alive connection driven by hyper's connection
+//!    API with request bodies built beforehand, as a load generator like `wrk` or `oha`
+//!    would (the client shares the two cores with the server and PostgreSQL, so whatever
+//!    it spends is taken from the server);
 //! 2. seeding: `BENCH_PATIENTS` (200) patients with ~`BENCH_ENTRIES` (20) clinical entries
 //!    each (realistic commands from `domain::sim`: entries, amendments, consents,
 //!    appointments), written through `projections::Records::execute`; one physician account
@@ -63,6 +67,9 @@ use domain::sim::{Sim, Step};
 use domain::{streams, Recorded};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderValue};
+use hyper_util::rt::TokioIo;
 use ledger::{Actor, LedgerSigningKey, Timestamp};
 use projections::{Projections, RunnerConfig};
 use serde_json::{json, Value};
@@ -295,6 +302,47 @@ async fn physician(http: &reqwest::Client, url: &str, admin: &str, name: &str) -
     (id, login(http, url, name, INITIAL).await)
 }
 
+// ------------------------------------------------------------------ load generator
+
+/// One keep-alive HTTP/1.1 connection of a load client, on hyper's connection API: no
+/// pool, no URL parsing, request bodies and header values built before the phase starts
+/// (as `wrk` or `oha` would), so that the load generator, which shares the machine's two
+/// cores with the server and PostgreSQL, takes as little of them as it can.
+struct Conn {
+    send: tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    host: HeaderValue,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        Conn { send: tokio::sync::Mutex::new(send), host: HeaderValue::from_str(&addr.to_string()).unwrap() }
+    }
+
+    /// POST `body` to /graphql; the response body when the status is 2xx.
+    async fn post(&self, bearer: Option<HeaderValue>, body: Bytes) -> Option<Bytes> {
+        let mut req = hyper::Request::post("/graphql").body(Full::new(body)).unwrap();
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::USER_AGENT, HeaderValue::from_static("graphql-bench/1"));
+        if let Some(b) = bearer {
+            h.insert(header::AUTHORIZATION, b);
+        }
+        let mut send = self.send.lock().await;
+        send.ready().await.ok()?;
+        let resp = send.send_request(req).await.ok()?;
+        drop(send);
+        if !resp.status().is_success() {
+            return None;
+        }
+        Some(resp.into_body().collect().await.ok()?.to_bytes())
+    }
+}
+
 // ------------------------------------------------------------------ seeding
 
 fn now() -> Timestamp {
@@ -366,8 +414,18 @@ fn main() {
 
     // The server's runtime (2 workers, as `chartledger serve` gets on this 2-core machine),
     // and the clients' runtime.
-    let srt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let crt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let srt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-server")
+        .enable_all()
+        .build()
+        .unwrap();
+    let crt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .unwrap();
     println!(
         "graphql bench: {n_patients} patients x ~{n_entries} entries, clients {CLIENTS:?}, {:.1} s per phase \
          (at most {budget} requests), pool {pool_size}, {} cores",
@@ -472,33 +530,25 @@ fn main() {
     const IDLE: Kind = ("{ idleTimeoutSeconds }, bearer", Q_IDLE);
     const CHART: Kind = ("chart read, audited", Q_CHART);
     let http_phase = |kind: Kind, clients: usize, dur: Duration, budget: i64| -> Stats {
-        let clients_http: Arc<Vec<reqwest::Client>> = Arc::new((0..clients).map(|_| client()).collect());
-        let (url, tokens, mine, bodies) = (url.clone(), tokens.clone(), mine.clone(), bodies.clone());
+        let conns: Arc<Vec<Conn>> =
+            Arc::new(crt.block_on(futures::future::join_all((0..clients).map(|_| Conn::open(srv.addr)))));
+        let (tokens, mine, bodies) = (tokens.clone(), mine.clone(), bodies.clone());
+        let bearers: Arc<Vec<HeaderValue>> =
+            Arc::new(tokens.iter().map(|t| HeaderValue::from_str(&format!("Bearer {t}")).unwrap()).collect());
         let static_body = Bytes::from(serde_json::to_vec(&json!({"query": kind.1})).unwrap());
         crt.block_on(run(clients, dur, budget, move |c, i| {
-            let http = clients_http[c].clone();
-            let url = url.clone();
-            let (token, body) = match kind.1 {
+            let conn = conns.clone();
+            let (bearer, body) = match kind.1 {
                 Q_TYPENAME => (None, static_body.clone()),
-                Q_IDLE => (Some(tokens[c].clone()), static_body.clone()),
+                Q_IDLE => (Some(bearers[c].clone()), static_body.clone()),
                 _ => {
                     let own = &mine[c];
-                    (Some(tokens[c].clone()), bodies[&own[(c + i) % own.len()]].clone())
+                    (Some(bearers[c].clone()), bodies[&own[(c + i) % own.len()]].clone())
                 }
             };
+            // async-graphql puts "errors" at the top level only when there are any.
             async move {
-                let mut req = http.post(&url).header("content-type", "application/json").body(body);
-                if let Some(t) = token {
-                    req = req.bearer_auth(t);
-                }
-                match req.send().await {
-                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                        // async-graphql puts "errors" at the top level only when there are any.
-                        Ok(b) => !b.windows(9).any(|w| w == b"\"errors\":"),
-                        Err(_) => false,
-                    },
-                    _ => false,
-                }
+                conn[c].post(bearer, body).await.is_some_and(|b| !b.windows(9).any(|w| w == b"\"errors\":"))
             }
         }))
     };

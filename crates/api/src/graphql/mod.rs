@@ -8,6 +8,7 @@ mod auth;
 mod care;
 mod chart;
 mod consents;
+pub mod parsed;
 mod patients;
 pub mod sanitize;
 mod staff;
@@ -72,7 +73,7 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
 
 /// What the server executes: the schema, with the library's own errors sanitized.
 pub fn executor(state: AppState) -> sanitize::Sanitized {
-    sanitize::Sanitized(schema(Some(state)))
+    sanitize::Sanitized::new(schema(Some(state)))
 }
 
 /// The SDL as committed in `schema/chartledger.graphql`.

@@ -17,13 +17,23 @@ use async_graphql::{Data, Executor, Pos, Request, Response, ServerError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use super::parsed::ParsedQueries;
 use super::ApiSchema;
 use crate::error::ApiError;
 
-/// The schema, answering requests and subscription messages with sanitized errors. Serve
-/// this, never the bare schema.
+/// The schema, answering requests and subscription messages with sanitized errors, and
+/// parsing each query text once ([`ParsedQueries`]). Serve this, never the bare schema.
 #[derive(Clone)]
-pub struct Sanitized(pub ApiSchema);
+pub struct Sanitized {
+    schema: ApiSchema,
+    parsed: Arc<ParsedQueries>,
+}
+
+impl Sanitized {
+    pub fn new(schema: ApiSchema) -> Self {
+        Self { schema, parsed: Arc::new(ParsedQueries::default()) }
+    }
+}
 
 impl std::fmt::Debug for Sanitized {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,8 +42,9 @@ impl std::fmt::Debug for Sanitized {
 }
 
 impl Executor for Sanitized {
-    fn execute(&self, request: Request) -> impl Future<Output = Response> + Send {
-        let schema = self.0.clone();
+    fn execute(&self, mut request: Request) -> impl Future<Output = Response> + Send {
+        self.parsed.prepare(&mut request);
+        let schema = self.schema.clone();
         async move {
             let mut response = schema.execute(request).await;
             sanitize(&mut response.errors);
@@ -49,13 +60,14 @@ impl Executor for Sanitized {
         mut request: Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
+        self.parsed.prepare(&mut request);
         if runs_other_than_a_subscription(&mut request) {
             let err: async_graphql::Error =
                 ApiError::InvalidInput { code: "graphql.subscriptions_only" }.into();
             let refused = Response::from_errors(vec![err.into_server_error(Pos::default())]);
             return futures::stream::once(async move { refused }).boxed();
         }
-        Executor::execute_stream(&self.0, request, session_data)
+        Executor::execute_stream(&self.schema, request, session_data)
             .map(|mut response| {
                 sanitize(&mut response.errors);
                 response
