@@ -20,6 +20,7 @@ mod copy;
 pub mod current;
 pub mod error;
 pub mod pit;
+pub mod probe;
 pub mod queries;
 pub mod records;
 pub mod runner;

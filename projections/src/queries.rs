@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::current::{CurrentCharts, DEFAULT_CAPACITY};
 use crate::error::ProjectionError;
+use crate::probe::Prober;
 use crate::records;
 use crate::sqlmap::*;
 
@@ -22,6 +23,7 @@ use crate::sqlmap::*;
 pub struct ReadModels {
     pool: PgPool,
     charts: Arc<CurrentCharts>,
+    prober: Arc<Prober>,
 }
 
 /// A patient-index search. Every given criterion must match.
@@ -246,7 +248,8 @@ impl ReadModels {
     /// With a cache of about `capacity` bytes of current charts (see [`CurrentCharts`]; 0
     /// keeps none).
     pub fn with_chart_cache(pool: PgPool, capacity: u64) -> Self {
-        Self { pool, charts: Arc::new(CurrentCharts::new(capacity)) }
+        let prober = Arc::new(Prober::new(pool.clone()));
+        Self { pool, charts: Arc::new(CurrentCharts::new(capacity)), prober }
     }
 
     /// The cache behind [`ReadModels::current_chart`].
@@ -254,17 +257,18 @@ impl ReadModels {
         &self.charts
     }
 
+    /// What answers [`ReadModels::current_chart`]'s probes.
+    pub fn prober(&self) -> &Prober {
+        &self.prober
+    }
+
     /// A patient's current chart, as [`ReadModels::chart`] would load it: one primary-key
-    /// probe of the patient row's position and generation, and the cached chart when it was
-    /// loaded from that generation at that position (see [`crate::current`]); else the
-    /// full load, kept for the next read.
+    /// probe of the patient row's position and generation (batched with the probes made
+    /// at the same time, see [`crate::probe`]), and the cached chart when it was loaded
+    /// from that generation at that position (see [`crate::current`]); else the full
+    /// load, kept for the next read.
     pub async fn current_chart(&self, patient_id: Uuid) -> Result<Option<Arc<Chart>>, ProjectionError> {
-        let probe: Option<(i64, i32)> =
-            sqlx::query_as("SELECT position, generation FROM rm.patients WHERE patient_id = $1")
-                .bind(patient_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((position, generation)) = probe else { return Ok(None) };
+        let Some((position, generation)) = self.prober.probe(patient_id).await? else { return Ok(None) };
         if let Some(chart) = self.charts.at(patient_id, generation, upos(position)) {
             return Ok(Some(chart));
         }

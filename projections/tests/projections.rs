@@ -452,6 +452,80 @@ async fn current_charts_are_served_from_memory_only_while_unchanged() {
     restarted.shutdown().await;
 }
 
+/// Probes made together are answered together, each with its own patient's row (or
+/// none); a read that begins after a write has been projected sees it; and when the
+/// prober's connection is killed, reads go on: alone on the pool, then on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_probes_answer_each_read_with_its_own_row_and_survive_a_lost_connection() {
+    let env = env().await;
+    let mut ids = drive(&env, 33, 6, 20, NoOp).await;
+    caught_up(&env).await;
+    ids.push(Uuid::now_v7()); // no such patient
+    let prober = env.read.prober();
+    let mut truth = std::collections::HashMap::new();
+    for id in &ids {
+        truth.insert(*id, prober.alone(*id).await.unwrap().map(|(p, _)| p as u64));
+    }
+    let reads = |n: usize, ids: Vec<Uuid>| {
+        let read = env.read.clone();
+        async move {
+            let all = (0..n).map(|i| {
+                let (read, id) = (read.clone(), ids[i % ids.len()]);
+                async move { (id, read.current_chart(id).await.map(|c| c.map(|c| c.position))) }
+            });
+            futures::future::join_all(all).await
+        }
+    };
+    for (id, position) in reads(200, ids.clone()).await {
+        assert_eq!(position.unwrap().flatten(), truth[&id]);
+    }
+    let (statements, batched, failed) = prober.counts();
+    assert_eq!(failed, 0);
+    assert!(batched >= 200 && statements < batched, "{statements} statements for {batched} probes");
+
+    // Read-your-writes under concurrent reads.
+    for round in 0..5 {
+        let clinician = Uuid::now_v7();
+        let assign =
+            Command::AssignCareTeamMember { clinician_id: clinician, care_role: CareRole::Consultant };
+        let done =
+            env.records.execute(ids[0], actor(Role::Administrator), Uuid::now_v7(), assign).await.unwrap();
+        env.projections.wait_for(done.position, Duration::from_secs(20)).await.unwrap();
+        let read = env.read.clone();
+        let mine = reads(64, ids[..2].to_vec());
+        let (others, own) = tokio::join!(mine, read.current_chart(ids[0]));
+        let own = own.unwrap().unwrap();
+        assert!(own.care_team.contains_key(&clinician), "round {round}");
+        assert_eq!(own.position, Some(done.position));
+        for (id, position) in others {
+            if id == ids[0] {
+                assert_eq!(position.unwrap().flatten(), Some(done.position), "round {round}");
+            }
+        }
+    }
+
+    // The prober's connection is killed: the reads in flight run alone, the next batch
+    // opens a new connection.
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'chartledger-probe' AND datname = current_database()",
+    )
+    .fetch_all(env.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(killed, vec![true], "one prober connection");
+    let truth0 = prober.alone(ids[0]).await.unwrap().map(|(p, _)| p as u64);
+    for (id, position) in reads(50, ids[..1].to_vec()).await {
+        assert_eq!(position.unwrap().flatten(), truth0, "{id}");
+    }
+    assert!(prober.counts().2 >= 1, "the batch on the dead connection failed");
+    let before = prober.counts().0;
+    for (_, position) in reads(50, ids[..1].to_vec()).await {
+        assert_eq!(position.unwrap().flatten(), truth0);
+    }
+    assert!(prober.counts().0 > before, "batches run again, on a new connection");
+}
+
 /// The bulk path: a runner that starts on empty tables at position 0 with a cache large
 /// enough to keep every chart writes rows it has not written before by COPY (and upserts
 /// the others), preparing each catch-up batch while the previous one is written, then
