@@ -483,7 +483,20 @@ async fn batched_probes_answer_each_read_with_its_own_row_and_survive_a_lost_con
     assert_eq!(failed, 0);
     assert!(batched >= 200 && statements < batched, "{statements} statements for {batched} probes");
 
-    // Read-your-writes under concurrent reads.
+    // Read-your-writes under concurrent reads, with batches in flight while each write
+    // lands (a read must not join a batch whose statement was sent before it began).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (read, stop, id) = (env.read.clone(), stop.clone(), ids[0]);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                read.current_chart(id).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
     for round in 0..5 {
         let clinician = Uuid::now_v7();
         let assign =
@@ -503,11 +516,13 @@ async fn batched_probes_answer_each_read_with_its_own_row_and_survive_a_lost_con
             }
         }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(background.await.unwrap() > 0);
 
     // The prober's connection is killed: the reads in flight run alone, the next batch
     // opens a new connection.
     let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity \
          WHERE application_name = 'chartledger-probe' AND datname = current_database()",
     )
     .fetch_all(env.store.pool())
@@ -519,6 +534,7 @@ async fn batched_probes_answer_each_read_with_its_own_row_and_survive_a_lost_con
         assert_eq!(position.unwrap().flatten(), truth0, "{id}");
     }
     assert!(prober.counts().2 >= 1, "the batch on the dead connection failed");
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the pause after a failure
     let before = prober.counts().0;
     for (_, position) in reads(50, ids[..1].to_vec()).await {
         assert_eq!(position.unwrap().flatten(), truth0);

@@ -43,10 +43,15 @@ impl std::fmt::Debug for Sanitized {
 
 impl Executor for Sanitized {
     fn execute(&self, mut request: Request) -> impl Future<Output = Response> + Send {
-        self.parsed.prepare(&mut request);
-        let schema = self.schema.clone();
+        let fresh = self.parsed.prepare(&mut request);
+        let (schema, parsed) = (self.schema.clone(), self.parsed.clone());
         async move {
             let mut response = schema.execute(request).await;
+            // Errors of the library (parsing, validation, limits) have no code of ours;
+            // a request without any passed validation, and its document is kept.
+            if let Some(fresh) = fresh.filter(|_| response.errors.iter().all(has_code)) {
+                parsed.keep(fresh);
+            }
             sanitize(&mut response.errors);
             response
         }
@@ -60,7 +65,8 @@ impl Executor for Sanitized {
         mut request: Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
-        self.parsed.prepare(&mut request);
+        // Subscriptions use documents kept by requests; they keep none themselves.
+        let _ = self.parsed.prepare(&mut request);
         if runs_other_than_a_subscription(&mut request) {
             let err: async_graphql::Error =
                 ApiError::InvalidInput { code: "graphql.subscriptions_only" }.into();
@@ -93,9 +99,13 @@ fn runs_other_than_a_subscription(request: &mut Request) -> bool {
     op.is_some_and(|op| op.node.ty != OperationType::Subscription)
 }
 
+fn has_code(e: &ServerError) -> bool {
+    e.extensions.as_ref().is_some_and(|x| x.get("code").is_some())
+}
+
 fn sanitize(errors: &mut [ServerError]) {
     for e in errors {
-        if e.extensions.as_ref().is_some_and(|x| x.get("code").is_some()) {
+        if has_code(e) {
             continue;
         }
         if !e.message.starts_with("Query is") {
@@ -110,6 +120,46 @@ fn sanitize(errors: &mut [ServerError]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sanitized() -> Sanitized {
+        Sanitized::new(super::super::schema(None))
+    }
+
+    #[tokio::test]
+    async fn a_kept_document_still_runs_with_each_requests_own_variables() {
+        let s = sanitized();
+        let q = "query($v: Boolean!, $n: String!) { __type(name: $n) @include(if: $v) { name } }";
+        let run = |v: bool, n: &'static str| {
+            let s = s.clone();
+            async move {
+                let vars = async_graphql::Variables::from_json(serde_json::json!({ "v": v, "n": n }));
+                let r = Executor::execute(&s, Request::new(q).variables(vars)).await;
+                assert!(r.errors.is_empty(), "{:?}", r.errors);
+                r.data.into_json().ok().map(|d| d.to_string())
+            }
+        };
+        assert_eq!(run(true, "QueryRoot").await.as_deref(), Some(r#"{"__type":{"name":"QueryRoot"}}"#));
+        assert_eq!(s.parsed.len(), 1, "kept once it passed validation");
+        assert_eq!(run(false, "QueryRoot").await.as_deref(), Some("null"), "skipped by this request only");
+        assert_eq!(run(true, "MutationRoot").await.as_deref(), Some(r#"{"__type":{"name":"MutationRoot"}}"#));
+        assert_eq!(s.parsed.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_document_is_refused_every_time_and_never_kept() {
+        let s = sanitized();
+        let deep = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { \
+                    ofType { ofType { ofType { name } } } } } } } } } } } }";
+        let missing = "{ noSuchField }";
+        for q in [deep, missing, deep, missing] {
+            let r = Executor::execute(&s, Request::new(q)).await;
+            assert_eq!(r.errors.len(), 1, "{q}");
+            let code = r.errors[0].extensions.as_ref().and_then(|x| x.get("code").cloned());
+            assert_eq!(code, Some(async_graphql::Value::from("graphql.invalid_request")));
+        }
+        assert!(s.parsed.is_empty());
+        assert_eq!(s.parsed.hits(), 0);
+    }
 
     #[test]
     fn only_subscriptions_run_over_the_socket() {
