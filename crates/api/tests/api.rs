@@ -790,6 +790,61 @@ async fn chart_history_point_in_time_and_read_your_writes() {
     assert!(p2 < p1);
 }
 
+/// Entry lists of a current chart are resolved once per chart and selection and reused
+/// (`graphql/resolved.rs`): a reused list equals a fresh resolution, a changed chart is
+/// read anew, and reuse never lets through a role the chart is refused to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_entry_lists_equal_fresh_ones_and_follow_the_chart() {
+    let s = server(|_, _| {}).await;
+    let (_, rtok) = s.user("desk.reuse", "RECEPTIONIST", None).await;
+    let (doc, dtok) = s.user("dr.reuse", "PHYSICIAN", None).await;
+    let (nurse, ntok) = s.user("rn.reuse", "NURSE", None).await;
+    let (p, _) = s.register(&rtok, "Reusefamily").await;
+    s.wait(s.assign(p, doc).await).await;
+    s.wait(s.assign(p, nurse).await).await;
+    let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
+    let entry = Uuid::now_v7();
+    let r = s
+        .gql(Some(&dtok), rec, json!({"p": p, "i": entry, "c": soap("kept once"), "e": Uuid::now_v7()}))
+        .await;
+    s.wait(r.data()["recordEntry"]["position"].as_u64().unwrap()).await;
+
+    // Kept (every field pure) and fresh (a fragment is never kept): the same data.
+    let kept =
+        "query($p: UUID!) { chart(patientId: $p) { entries { entryId status current { version content } } \
+                notes { current { version } } } }";
+    let fresh =
+        "query($p: UUID!) { chart(patientId: $p) { entries { ...E } notes { current { version } } } } \
+                 fragment E on Entry { entryId status current { version content } }";
+    let read = |tok: String, q: &'static str| {
+        let s = &s;
+        async move { s.gql(Some(&tok), q, json!({"p": p})).await.data()["chart"].clone() }
+    };
+    let first = read(dtok.clone(), kept).await;
+    assert_eq!(first["entries"][0]["current"]["content"]["subjective"], "kept once");
+    assert_eq!(read(dtok.clone(), kept).await, first, "reused");
+    assert_eq!(read(ntok.clone(), kept).await, first, "reused for another clinician");
+    assert_eq!(read(dtok.clone(), fresh).await, first, "equal to a fresh resolution");
+    // Reuse does not let a refused role through.
+    let denied = s.gql(Some(&rtok), kept, json!({"p": p})).await;
+    assert_eq!(denied.err(), "authz.forbidden");
+
+    // A changed chart is read anew.
+    let amend = "mutation($p: UUID!, $i: UUID!, $a: UUID!, $c: JSON!, $e: UUID!) { amendEntry(patientId: $p, entryId: $i, amendmentId: $a, content: $c, reason: \"typo\", eventId: $e) { position } }";
+    let a = s
+        .gql(
+            Some(&dtok),
+            amend,
+            json!({"p": p, "i": entry, "a": Uuid::now_v7(), "c": soap("amended"), "e": Uuid::now_v7()}),
+        )
+        .await;
+    s.wait(a.data()["amendEntry"]["position"].as_u64().unwrap()).await;
+    let after = read(dtok.clone(), kept).await;
+    assert_eq!(after["entries"][0]["current"]["version"], json!(2));
+    assert_eq!(after["entries"][0]["current"]["content"]["subjective"], "amended");
+    assert_eq!(read(ntok.clone(), fresh).await, after);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depth_complexity_and_body_limits() {
     let s = server(|c, _| {

@@ -16,6 +16,7 @@ use super::appointments::Appointment;
 use super::care::CareTeamMember;
 use super::consents::ConsentVersion;
 use super::patients::Patient;
+use super::resolved::EntryList;
 use super::types::{dt, from_json, now, to_json, ts, EntryKind, UserNames, Written};
 use super::{execute, read_chart, record_op};
 use crate::access::{authorize, parts};
@@ -147,44 +148,48 @@ pub struct ChartView {
     pub chart: Arc<Chart>,
 }
 
-fn section(chart: &Arc<Chart>, kinds: &[DKind]) -> Vec<Entry> {
-    chart
-        .entries
-        .values()
-        .filter(|e| kinds.contains(&e.kind) && e.status == EntryStatus::Active)
-        .map(|e| Entry::new(chart, e))
-        .collect()
-}
-
 impl ChartView {
     fn op(&self, present: Operation) -> Operation {
         record_op(present, self.as_of.is_some())
+    }
+
+    /// The entries of `kinds`, active ones only.
+    fn section(&self, kinds: &[DKind]) -> EntryList {
+        let items = self
+            .chart
+            .entries
+            .values()
+            .filter(|e| kinds.contains(&e.kind) && e.status == EntryStatus::Active)
+            .map(|e| Entry::new(&self.chart, e))
+            .collect();
+        EntryList::new(&self.chart, items, self.as_of.is_none())
     }
 }
 
 #[ComplexObject]
 impl ChartView {
     /// All entries (retracted ones included, with status `entered_in_error`).
-    async fn entries(&self) -> Vec<Entry> {
-        self.chart.entries.values().map(|e| Entry::new(&self.chart, e)).collect()
+    async fn entries(&self) -> EntryList {
+        let items = self.chart.entries.values().map(|e| Entry::new(&self.chart, e)).collect();
+        EntryList::new(&self.chart, items, self.as_of.is_none())
     }
     /// Conditions (diagnoses), active entries only.
-    async fn problems(&self) -> Vec<Entry> {
-        section(&self.chart, &[DKind::Condition])
+    async fn problems(&self) -> EntryList {
+        self.section(&[DKind::Condition])
     }
-    async fn medications(&self) -> Vec<Entry> {
-        section(&self.chart, &[DKind::Prescription])
+    async fn medications(&self) -> EntryList {
+        self.section(&[DKind::Prescription])
     }
-    async fn allergies(&self) -> Vec<Entry> {
-        section(&self.chart, &[DKind::Allergy])
+    async fn allergies(&self) -> EntryList {
+        self.section(&[DKind::Allergy])
     }
     /// Vital signs and other observations, and lab results.
-    async fn observations(&self) -> Vec<Entry> {
-        section(&self.chart, &[DKind::Observation, DKind::LabResult])
+    async fn observations(&self) -> EntryList {
+        self.section(&[DKind::Observation, DKind::LabResult])
     }
     /// SOAP notes and assessments.
-    async fn notes(&self) -> Vec<Entry> {
-        section(&self.chart, &[DKind::SoapNote, DKind::Assessment])
+    async fn notes(&self) -> EntryList {
+        self.section(&[DKind::SoapNote, DKind::Assessment])
     }
     async fn demographics(&self, ctx: &Context<'_>) -> ApiResult<Option<Patient>> {
         authorize(ctx, self.op(Operation::ReadDemographics), Some(self.patient_id)).await?;

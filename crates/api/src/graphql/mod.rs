@@ -10,6 +10,7 @@ mod chart;
 mod consents;
 pub mod parsed;
 mod patients;
+mod resolved;
 pub mod sanitize;
 mod staff;
 pub mod types;
@@ -66,7 +67,7 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
         .limit_recursive_depth(32)
         .limit_directives(8);
     if let Some(state) = state {
-        b = b.data(state);
+        b = b.data(state).data(Arc::new(resolved::ResolvedLists::default()));
     }
     b.finish()
 }
