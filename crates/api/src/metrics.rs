@@ -13,6 +13,8 @@ pub struct Metrics {
     denied: IntCounterVec,
     access_events: IntCounterVec,
     pub projection_lag: IntGauge,
+    /// Entry lists reused or kept (`graphql/resolved.rs`).
+    pub entry_lists: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let entry_lists = IntCounterVec::new(
+            Opts::new("entry_lists_total", "Resolved entry lists reused from memory or kept there"),
+            &["result"],
+        )
+        .expect("valid metric");
         let projection_lag =
             IntGauge::new("projection_lag_events", "Events the read models are behind the ledger")
                 .expect("valid metric");
@@ -53,10 +60,11 @@ impl Metrics {
             Box::new(denied.clone()),
             Box::new(access_events.clone()),
             Box::new(projection_lag.clone()),
+            Box::new(entry_lists.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
-        Self { registry, requests, latency, denied, access_events, projection_lag }
+        Self { registry, requests, latency, denied, access_events, projection_lag, entry_lists }
     }
 
     pub fn request(&self, outcome: &str, seconds: f64) {

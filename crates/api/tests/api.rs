@@ -791,45 +791,70 @@ async fn chart_history_point_in_time_and_read_your_writes() {
 }
 
 /// Entry lists of a current chart are resolved once per chart and selection and reused
-/// (`graphql/resolved.rs`): a reused list equals a fresh resolution, a changed chart is
-/// read anew, and reuse never lets through a role the chart is refused to.
+/// (`graphql/resolved.rs`): a reused list equals a fresh resolution, is never another
+/// patient's or another field's or alias's, a changed chart is read anew, an earlier
+/// version stays visible as of its time, and reuse never lets through a role the chart
+/// is refused to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_entry_lists_equal_fresh_ones_and_follow_the_chart() {
     let s = server(|_, _| {}).await;
     let (_, rtok) = s.user("desk.reuse", "RECEPTIONIST", None).await;
     let (doc, dtok) = s.user("dr.reuse", "PHYSICIAN", None).await;
     let (nurse, ntok) = s.user("rn.reuse", "NURSE", None).await;
-    let (p, _) = s.register(&rtok, "Reusefamily").await;
-    s.wait(s.assign(p, doc).await).await;
-    s.wait(s.assign(p, nurse).await).await;
+    let (_, atok) = s.user("auditor.reuse", "AUDITOR", None).await;
     let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
-    let entry = Uuid::now_v7();
-    let r = s
-        .gql(Some(&dtok), rec, json!({"p": p, "i": entry, "c": soap("kept once"), "e": Uuid::now_v7()}))
-        .await;
-    s.wait(r.data()["recordEntry"]["position"].as_u64().unwrap()).await;
+    let mut patients = Vec::new();
+    for family in ["Reusefamily", "Otherfamily"] {
+        let (p, _) = s.register(&rtok, family).await;
+        s.wait(s.assign(p, doc).await).await;
+        s.wait(s.assign(p, nurse).await).await;
+        let entry = Uuid::now_v7();
+        let text = format!("note of {family}");
+        let r =
+            s.gql(Some(&dtok), rec, json!({"p": p, "i": entry, "c": soap(&text), "e": Uuid::now_v7()})).await;
+        s.wait(r.data()["recordEntry"]["position"].as_u64().unwrap()).await;
+        patients.push((p, entry, text));
+    }
+    let (p, entry, _) = patients[0].clone();
+    let reused = || async {
+        let m = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+        m.lines()
+            .find(|l| l.starts_with("chartledger_entry_lists_total{result=\"reused\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
 
     // Kept (every field pure) and fresh (a fragment is never kept): the same data.
-    let kept =
-        "query($p: UUID!) { chart(patientId: $p) { entries { entryId status current { version content } } \
-                notes { current { version } } } }";
+    let kept = "query($p: UUID!) { chart(patientId: $p) { entries { entryId status current { version content } } \
+                notes { entryId status current { version content } } a: entries { entryId } b: entries { status } } }";
     let fresh =
-        "query($p: UUID!) { chart(patientId: $p) { entries { ...E } notes { current { version } } } } \
-                 fragment E on Entry { entryId status current { version content } }";
-    let read = |tok: String, q: &'static str| {
+        "query($p: UUID!) { chart(patientId: $p) { entries { ...E } notes { ...E } a: entries { entryId } \
+                 b: entries { ...S } } } fragment E on Entry { entryId status current { version content } } \
+                 fragment S on Entry { status }";
+    let read = |tok: String, q: &'static str, p: Uuid| {
         let s = &s;
         async move { s.gql(Some(&tok), q, json!({"p": p})).await.data()["chart"].clone() }
     };
-    let first = read(dtok.clone(), kept).await;
-    assert_eq!(first["entries"][0]["current"]["content"]["subjective"], "kept once");
-    assert_eq!(read(dtok.clone(), kept).await, first, "reused");
-    assert_eq!(read(ntok.clone(), kept).await, first, "reused for another clinician");
-    assert_eq!(read(dtok.clone(), fresh).await, first, "equal to a fresh resolution");
+    let before = reused().await;
+    for (p, entry, text) in &patients {
+        let first = read(dtok.clone(), kept, *p).await;
+        assert_eq!(first["entries"][0]["current"]["content"]["subjective"], json!(text));
+        assert_eq!(first["entries"][0]["entryId"], json!(entry));
+        assert_eq!(first["notes"], first["entries"], "a SOAP note is in both lists");
+        assert_eq!(first["a"], json!([{ "entryId": entry }]), "each alias its own selection");
+        assert_eq!(first["b"], json!([{ "status": "active" }]));
+        assert_eq!(read(dtok.clone(), kept, *p).await, first, "reused");
+        assert_eq!(read(ntok.clone(), kept, *p).await, first, "reused for another clinician");
+        assert_eq!(read(dtok.clone(), fresh, *p).await, first, "equal to a fresh resolution");
+    }
+    assert!(reused().await >= before + 2 * 2 * 4, "lists were reused");
     // Reuse does not let a refused role through.
     let denied = s.gql(Some(&rtok), kept, json!({"p": p})).await;
     assert_eq!(denied.err(), "authz.forbidden");
 
-    // A changed chart is read anew.
+    // A changed chart is read anew; the earlier version is still there as of its time.
+    let t1 = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let amend = "mutation($p: UUID!, $i: UUID!, $a: UUID!, $c: JSON!, $e: UUID!) { amendEntry(patientId: $p, entryId: $i, amendmentId: $a, content: $c, reason: \"typo\", eventId: $e) { position } }";
     let a = s
         .gql(
@@ -839,10 +864,14 @@ async fn reused_entry_lists_equal_fresh_ones_and_follow_the_chart() {
         )
         .await;
     s.wait(a.data()["amendEntry"]["position"].as_u64().unwrap()).await;
-    let after = read(dtok.clone(), kept).await;
+    let after = read(dtok.clone(), kept, p).await;
     assert_eq!(after["entries"][0]["current"]["version"], json!(2));
     assert_eq!(after["entries"][0]["current"]["content"]["subjective"], "amended");
-    assert_eq!(read(ntok.clone(), fresh).await, after);
+    assert_eq!(read(ntok.clone(), fresh, p).await, after);
+    let pit = "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t) { entries { current { version content } } } }";
+    let old = s.gql(Some(&atok), pit, json!({"p": p, "t": t1})).await;
+    assert_eq!(old.data()["chart"]["entries"][0]["current"]["version"], json!(1));
+    assert_eq!(old.data()["chart"]["entries"][0]["current"]["content"]["subjective"], "note of Reusefamily");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,7 +67,12 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
         .limit_recursive_depth(32)
         .limit_directives(8);
     if let Some(state) = state {
-        b = b.data(state).data(Arc::new(resolved::ResolvedLists::default()));
+        // Entry lists are kept only beside kept charts (without them, every read has a
+        // chart of its own and nothing could be reused).
+        if state.config.chart_cache_mib > 0 {
+            b = b.data(Arc::new(resolved::ResolvedLists::new(&state.metrics)));
+        }
+        b = b.data(state);
     }
     b.finish()
 }
