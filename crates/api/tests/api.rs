@@ -110,6 +110,8 @@ impl Resp {
     }
 }
 
+const RECORD_ENTRY: &str = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
+const AMEND_ENTRY: &str = "mutation($p: UUID!, $i: UUID!, $a: UUID!, $c: JSON!, $e: UUID!) { amendEntry(patientId: $p, entryId: $i, amendmentId: $a, content: $c, reason: \"typo\", eventId: $e) { position } }";
 const LOGIN: &str = "mutation($u: String!, $p: String!, $r: Role) { login(username: $u, password: $p, role: $r) { token mfaRequired mfaEnrolled passwordChangeRequired userId } }";
 
 impl Server {
@@ -297,7 +299,7 @@ fn request(op: Operation, p: Uuid, e: Uuid, clinician: Uuid, someone: Uuid) -> (
         ),
         Operation::ReadClinical => ("query($p: UUID!) { chart(patientId: $p) { entries { entryId } } }", json!({"p": p})),
         Operation::WriteClinical => (
-            "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }",
+            RECORD_ENTRY,
             json!({"p": p, "i": Uuid::now_v7(), "c": soap("matrix"), "e": ev}),
         ),
         Operation::ReadHistory => (
@@ -357,11 +359,7 @@ async fn every_role_and_operation_is_allowed_or_denied_as_the_table_says() {
     s.wait(pos).await;
     let e = Uuid::now_v7();
     let r = s
-        .gql(
-            Some(&phtok),
-            "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }",
-            json!({"p": p, "i": e, "c": soap("baseline"), "e": Uuid::now_v7()}),
-        )
+        .gql(Some(&phtok), RECORD_ENTRY, json!({"p": p, "i": e, "c": soap("baseline"), "e": Uuid::now_v7()}))
         .await;
     s.wait(r.data()["recordEntry"]["position"].as_u64().unwrap()).await;
     let (_, atok) = s.user("auditor.matrix", "AUDITOR", None).await;
@@ -637,17 +635,17 @@ async fn errors_logs_and_urls_carry_no_phi() {
     let (p, _) = s.register(&rtok, "Qwertyphiname").await;
     s.wait(s.assign(p, doc).await).await;
     // A refused command, malformed content, a bad code and a denied read, all carrying PHI.
-    let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
-    let bad = s.gql(Some(&dtok), rec, json!({"p": p, "i": Uuid::now_v7(), "c": {"kind": "soap_note", "subjective": 17, "x": "Qwertyphinote"}, "e": Uuid::now_v7()})).await;
+    let bad = s.gql(Some(&dtok), RECORD_ENTRY, json!({"p": p, "i": Uuid::now_v7(), "c": {"kind": "soap_note", "subjective": 17, "x": "Qwertyphinote"}, "e": Uuid::now_v7()})).await;
     assert_eq!(bad.err(), "input.malformed");
     let code = json!({"kind": "condition", "code": {"system": "icd10", "code": "Qwertyphicode", "display": "Qwertyphidisplay"}, "clinical_status": "active"});
-    let refused =
-        s.gql(Some(&dtok), rec, json!({"p": p, "i": Uuid::now_v7(), "c": code, "e": Uuid::now_v7()})).await;
+    let refused = s
+        .gql(Some(&dtok), RECORD_ENTRY, json!({"p": p, "i": Uuid::now_v7(), "c": code, "e": Uuid::now_v7()}))
+        .await;
     assert!(refused.err().starts_with("domain."), "{:?}", refused.0);
     let ok = s
         .gql(
             Some(&dtok),
-            rec,
+            RECORD_ENTRY,
             json!({"p": p, "i": Uuid::now_v7(), "c": soap("Qwertyphinote secret"), "e": Uuid::now_v7()}),
         )
         .await;
@@ -710,8 +708,7 @@ async fn chart_history_point_in_time_and_read_your_writes() {
     assert_eq!(retry.data()["recordEntry"]["position"].as_u64().unwrap(), pos1);
     let t1 = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let amend = "mutation($p: UUID!, $i: UUID!, $a: UUID!, $c: JSON!, $e: UUID!) { amendEntry(patientId: $p, entryId: $i, amendmentId: $a, content: $c, reason: \"typo\", eventId: $e) { position } }";
-    let a = s.gql(Some(&dtok), amend, json!({"p": p, "i": entry, "a": Uuid::now_v7(), "c": soap("second version"), "e": Uuid::now_v7()})).await;
+    let a = s.gql(Some(&dtok), AMEND_ENTRY, json!({"p": p, "i": entry, "a": Uuid::now_v7(), "c": soap("second version"), "e": Uuid::now_v7()})).await;
     let pos2 = a.data()["amendEntry"]["position"].as_u64().unwrap();
     // Read your write: minPosition waits for the projections.
     let chart = "query($p: UUID!, $m: Int) { chart(patientId: $p, minPosition: $m) { notes { current { content version } versions { version change reason authorId authorName } } } }";
@@ -772,7 +769,7 @@ async fn chart_history_point_in_time_and_read_your_writes() {
     let r = s
         .gql(
             Some(&dtok),
-            amend,
+            AMEND_ENTRY,
             json!({"p": p, "i": Uuid::now_v7(), "a": Uuid::now_v7(), "c": soap("x"), "e": Uuid::now_v7()}),
         )
         .await;
@@ -802,7 +799,6 @@ async fn reused_entry_lists_equal_fresh_ones_and_follow_the_chart() {
     let (doc, dtok) = s.user("dr.reuse", "PHYSICIAN", None).await;
     let (nurse, ntok) = s.user("rn.reuse", "NURSE", None).await;
     let (_, atok) = s.user("auditor.reuse", "AUDITOR", None).await;
-    let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
     let mut patients = Vec::new();
     for family in ["Reusefamily", "Otherfamily"] {
         let (p, _) = s.register(&rtok, family).await;
@@ -810,8 +806,13 @@ async fn reused_entry_lists_equal_fresh_ones_and_follow_the_chart() {
         s.wait(s.assign(p, nurse).await).await;
         let entry = Uuid::now_v7();
         let text = format!("note of {family}");
-        let r =
-            s.gql(Some(&dtok), rec, json!({"p": p, "i": entry, "c": soap(&text), "e": Uuid::now_v7()})).await;
+        let r = s
+            .gql(
+                Some(&dtok),
+                RECORD_ENTRY,
+                json!({"p": p, "i": entry, "c": soap(&text), "e": Uuid::now_v7()}),
+            )
+            .await;
         s.wait(r.data()["recordEntry"]["position"].as_u64().unwrap()).await;
         patients.push((p, entry, text));
     }
@@ -855,11 +856,10 @@ async fn reused_entry_lists_equal_fresh_ones_and_follow_the_chart() {
     // A changed chart is read anew; the earlier version is still there as of its time.
     let t1 = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let amend = "mutation($p: UUID!, $i: UUID!, $a: UUID!, $c: JSON!, $e: UUID!) { amendEntry(patientId: $p, entryId: $i, amendmentId: $a, content: $c, reason: \"typo\", eventId: $e) { position } }";
     let a = s
         .gql(
             Some(&dtok),
-            amend,
+            AMEND_ENTRY,
             json!({"p": p, "i": entry, "a": Uuid::now_v7(), "c": soap("amended"), "e": Uuid::now_v7()}),
         )
         .await;
@@ -1049,11 +1049,10 @@ async fn chart_updates_arrive_over_websocket_for_those_who_may_see_them() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rec = "mutation($p: UUID!, $i: UUID!, $c: JSON!, $e: UUID!) { recordEntry(patientId: $p, entryId: $i, content: $c, eventId: $e) { position } }";
     let r = s
         .gql(
             Some(&dtok),
-            rec,
+            RECORD_ENTRY,
             json!({"p": p, "i": Uuid::now_v7(), "c": soap("Socketsecret note"), "e": Uuid::now_v7()}),
         )
         .await;
