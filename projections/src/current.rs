@@ -83,6 +83,7 @@ pub fn footprint(chart: &Chart) -> u64 {
 /// Charts by patient, each with the generation and `position` it was loaded at.
 pub struct CurrentCharts {
     cache: Cache<Uuid, Kept, ChartWeight>,
+    capacity: u64,
 }
 
 impl std::fmt::Debug for CurrentCharts {
@@ -96,7 +97,13 @@ impl CurrentCharts {
     pub fn new(capacity: u64) -> Self {
         // quick_cache sizes its tables from an expected count: guess 16 KiB a chart.
         let items = usize::try_from(capacity / (16 << 10)).unwrap_or(usize::MAX).max(16);
-        Self { cache: Cache::with_weighter(items, capacity, ChartWeight) }
+        Self { cache: Cache::with_weighter(items, capacity, ChartWeight), capacity }
+    }
+
+    /// Whether any chart can be kept (a cache of capacity 0 keeps none, so a reader need
+    /// not probe nor weigh what it loads).
+    pub fn keeps_any(&self) -> bool {
+        self.capacity > 0
     }
 
     /// The cached chart of `patient_id` when it was loaded from `generation` at `position`.

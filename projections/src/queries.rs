@@ -266,8 +266,11 @@ impl ReadModels {
     /// probe of the patient row's position and generation (batched with the probes made
     /// at the same time, see [`crate::probe`]), and the cached chart when it was loaded
     /// from that generation at that position (see [`crate::current`]); else the full
-    /// load, kept for the next read.
+    /// load, kept for the next read. Without a cache (capacity 0), the full load alone.
     pub async fn current_chart(&self, patient_id: Uuid) -> Result<Option<Arc<Chart>>, ProjectionError> {
+        if !self.charts.keeps_any() {
+            return Ok(self.chart(patient_id).await?.map(Arc::new));
+        }
         let Some((position, generation)) = self.prober.probe(patient_id).await? else { return Ok(None) };
         if let Some(chart) = self.charts.at(patient_id, generation, upos(position)) {
             return Ok(Some(chart));

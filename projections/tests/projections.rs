@@ -393,6 +393,16 @@ async fn current_charts_are_served_from_memory_only_while_unchanged() {
     let first = env.read.current_chart(id).await.unwrap().unwrap();
     let again = env.read.current_chart(id).await.unwrap().unwrap();
     assert!(std::sync::Arc::ptr_eq(&first, &again), "an unchanged chart is served from memory");
+    // Without a cache, every read is a full load of the same chart.
+    let uncached = ReadModels::with_chart_cache(env.store.pool().clone(), 0);
+    let (a, b) = (
+        uncached.current_chart(id).await.unwrap().unwrap(),
+        uncached.current_chart(id).await.unwrap().unwrap(),
+    );
+    assert!(!std::sync::Arc::ptr_eq(&a, &b));
+    assert_eq!((a.position, a.entries.len()), (first.position, first.entries.len()));
+    assert!(uncached.current_chart(Uuid::now_v7()).await.unwrap().is_none());
+    assert_eq!(uncached.prober().counts(), (0, 0, 0), "nothing probed");
 
     // An access is not a change to the chart.
     let access = viewed(id, ResourceKind::ClinicalEntries);

@@ -69,7 +69,7 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
     if let Some(state) = state {
         // Entry lists are kept only beside kept charts (without them, every read has a
         // chart of its own and nothing could be reused).
-        if state.config.chart_cache_mib > 0 {
+        if state.read.chart_cache().keeps_any() {
             b = b.data(Arc::new(resolved::ResolvedLists::new(&state.metrics)));
         }
         b = b.data(state);
