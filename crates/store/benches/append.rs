@@ -246,9 +246,17 @@ fn main() {
         let only_paced = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "paced");
         let scenarios: &[(usize, usize)] =
             if only_paced { &[] } else { &[(1, 1), (16, 1), (64, 1), (1, 100), (4, 100), (1, 1000), (2, 1000)] };
+        // BENCH_SCENARIOS=64x1,1x1000 runs only those rows (for profiling one load).
+        let picked = std::env::var("BENCH_SCENARIOS").ok();
         for &(clients, batch) in scenarios {
+            if picked.as_ref().is_some_and(|p| !p.split(',').any(|s| s == format!("{clients}x{batch}"))) {
+                continue;
+            }
+            eprintln!("phase: {clients} clients x batch {batch}");
             let mut s = run_store(&store, clients, batch, d, offset).await;
-            let mut r = run_raw(&pool, clients, batch, d, &row, offset).await;
+            // BENCH_SKIP_RAW=1: the store's rows alone (for profiling).
+            let skip_raw = std::env::var_os("BENCH_SKIP_RAW").is_some();
+            let mut r = run_raw(&pool, clients, batch, if skip_raw { Duration::ZERO } else { d }, &row, offset).await;
             offset += clients;
             println!(
                 "{:<26} {:>12.0} {:>9.2} {:>9.2} {:>12.0} {:>9.2} {:>9.2} {:>7.2}",

@@ -118,13 +118,13 @@ pub(crate) async fn connect_writer(
     Ok((conn, state))
 }
 
-/// A writer-side session: durable commits, and plans made for the table as it is now
-/// (generic plans cached while the ledger was small would keep scanning it whole; this
-/// includes the gapless trigger's queries).
+/// A writer-side session: durable commits. Every statement the writer repeats (and the
+/// gapless trigger's probes) reads through a unique index whatever the table's size, so
+/// the generic plans PostgreSQL caches after a few runs stay right as the ledger grows;
+/// planning each run anew (`force_custom_plan`) cost about 0.3 ms per commit.
 async fn connect_session(opts: &PgConnectOptions) -> Result<PgConnection, StoreError> {
     let mut conn = PgConnection::connect_with(opts).await?;
     sqlx::query("SET synchronous_commit = on").execute(&mut conn).await?;
-    sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
     Ok(conn)
 }
 
@@ -276,23 +276,16 @@ impl Writer {
                     }
                 }
                 Some(p) => {
-                    let conn = self.conn.as_mut();
-                    let planner = &mut self.planner;
-                    let (committed, next) = tokio::join!(
-                        async {
-                            match conn {
-                                Some(c) => commit_rows(c, &p.rows).await,
-                                None => Err(StoreError::Closed),
-                            }
-                        },
-                        async {
-                            if batch.is_empty() {
-                                None
-                            } else {
-                                planner.prepare(batch).await
-                            }
-                        }
-                    );
+                    let (committed, next) = commit_and_plan_next(
+                        self.conn.as_mut(),
+                        &mut self.planner,
+                        &mut self.rx,
+                        &p,
+                        batch,
+                        &mut carry,
+                        &mut rotation,
+                    )
+                    .await;
                     match committed {
                         Ok(()) => {
                             self.publish(&p);
@@ -526,9 +519,12 @@ impl Planner {
             .into_iter()
             .collect();
         if !missing.is_empty() {
+            // One backward probe of the (stream_id, stream_revision) index per stream: never
+            // reads a long stream whole, whatever plan is cached.
             let rows = sqlx::query(
-                "SELECT DISTINCT ON (stream_id) stream_id, stream_revision, event_hash FROM ledger_events \
-                 WHERE stream_id = ANY($1) ORDER BY stream_id, stream_revision DESC",
+                "SELECT s.id AS stream_id, e.stream_revision, e.event_hash FROM UNNEST($1::text[]) AS s(id) \
+                 CROSS JOIN LATERAL (SELECT stream_revision, event_hash FROM ledger_events \
+                 WHERE stream_id = s.id ORDER BY stream_revision DESC LIMIT 1) e",
             )
             .bind(&missing)
             .fetch_all(&mut *conn)
@@ -801,6 +797,124 @@ async fn commit_rows(conn: &mut PgConnection, rows: &[NewRow]) -> Result<(), Sto
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Commit `p` and meanwhile plan (and sign) the next batch: `batch` at once, then every
+/// request that arrives before the commit returns, so that the next commit starts the
+/// moment this one ends. A request then waits for the rest of one commit before its own
+/// starts, not for a whole further commit. Requests touching an event id still uncommitted
+/// (in `p` or in the next batch) wait in `carry` for its outcome; so do requests beyond the
+/// batch limits. A rotation request stops the gathering: it runs once nothing is in flight.
+///
+/// Planning is never cancelled half-way: the commit is polled while a plan runs, and new
+/// requests are taken only between plans.
+async fn commit_and_plan_next(
+    conn: Option<&mut PgConnection>,
+    planner: &mut Planner,
+    rx: &mut mpsc::Receiver<Request>,
+    p: &Prepared,
+    batch: Vec<AppendRequest>,
+    carry: &mut std::collections::VecDeque<AppendRequest>,
+    rotation: &mut Option<RotateRequest>,
+) -> (Result<(), StoreError>, Option<Prepared>) {
+    let commit = async {
+        match conn {
+            Some(c) => commit_rows(c, &p.rows).await,
+            None => Err(StoreError::Closed),
+        }
+    };
+    tokio::pin!(commit);
+    let (max_events, max_bytes) = (planner.config.max_batch_events, planner.config.max_batch_bytes);
+    let mut committed: Option<Result<(), StoreError>> = None;
+    let mut next: Option<Prepared> = None;
+    let mut taken_events: usize = batch.iter().map(|r| r.events.len()).sum();
+    let mut taken_bytes: usize = batch.iter().map(AppendRequest::payload_bytes).sum();
+    // Take new requests only while nothing waits in `carry` (order is kept) and no
+    // rotation is pending.
+    let mut open = rotation.is_none() && carry.is_empty();
+    let mut pending = batch;
+    loop {
+        if !pending.is_empty() {
+            let prep = planner.prepare(std::mem::take(&mut pending));
+            tokio::pin!(prep);
+            let planned = loop {
+                tokio::select! {
+                    biased;
+                    n = &mut prep => break n,
+                    c = &mut commit, if committed.is_none() => committed = Some(c),
+                }
+            };
+            if let Some(n) = planned {
+                merge_prepared(&mut next, n);
+            }
+        }
+        if let Some(c) = committed {
+            return (c, next);
+        }
+        if !open {
+            return (commit.await, next);
+        }
+        let first = tokio::select! {
+            biased;
+            c = &mut commit => {
+                committed = Some(c);
+                None
+            }
+            r = rx.recv() => r,
+        };
+        let mut incoming = first;
+        while let Some(req) = incoming.take() {
+            match req {
+                Request::Append(r) => {
+                    let (n, b) = (r.events.len(), r.payload_bytes());
+                    let touches_uncommitted = r.events.iter().any(|e| {
+                        p.ids.contains(&e.event_id)
+                            || next.as_ref().is_some_and(|x| x.ids.contains(&e.event_id))
+                    });
+                    if touches_uncommitted || taken_events + n > max_events || taken_bytes + b > max_bytes {
+                        // Waits, in order, for the next gathering.
+                        carry.push_back(r);
+                        open = false;
+                        break;
+                    }
+                    taken_events += n;
+                    taken_bytes += b;
+                    pending.push(r);
+                }
+                Request::Rotate(r) => {
+                    *rotation = Some(r);
+                    open = false;
+                    break;
+                }
+            }
+            incoming = rx.try_recv().ok();
+        }
+        if committed.is_none() && incoming.is_none() && pending.is_empty() && !open {
+            // Nothing more to plan: only the commit remains.
+            return (commit.await, next);
+        }
+        if rx.is_closed() && rx.is_empty() {
+            open = false;
+        }
+    }
+}
+
+/// Append the plan of `b` (planned on top of `a`) to `a`.
+fn merge_prepared(a: &mut Option<Prepared>, b: Prepared) {
+    let Some(a) = a else {
+        *a = Some(b);
+        return;
+    };
+    let (row_base, req_base) = (a.rows.len(), a.batch.len());
+    a.plans.extend(b.plans.into_iter().map(|plan| match plan {
+        Plan::Write { first_row, count } => Plan::Write { first_row: first_row + row_base, count },
+        Plan::ReplayOf(i) => Plan::ReplayOf(i + req_base),
+        other => other,
+    }));
+    a.batch.extend(b.batch);
+    a.rows.extend(b.rows);
+    a.ids.extend(b.ids);
+    a.head = b.head;
 }
 
 /// Did the commit fail only because an event id is already stored (a retry of an event

@@ -178,6 +178,72 @@ async fn idempotent_retries() {
     assert!(a.idempotent_replay ^ b.idempotent_replay);
 }
 
+/// Under load, requests keep arriving while a batch commits and are planned into the next
+/// one as they come. Each task sends every append twice at once (a client retry racing
+/// its original, which may land in the same plan, in a later plan of the same batch, or
+/// wait for the commit of the first) and chains `Exact` revisions on its own stream: every
+/// pair gets one write and one replay with the same positions, every expectation holds,
+/// and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_revisions_while_the_next_batch_gathers() {
+    let (_db, store) = open().await;
+    const TASKS: u32 = 32;
+    const ROUNDS: u64 = 25;
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let own = stream(5000 + t);
+            let shared = stream(6000 + t % 3);
+            for round in 0..ROUNDS {
+                let expected =
+                    if round == 0 { ExpectedRevision::NoStream } else { ExpectedRevision::Exact(round - 1) };
+                let chained = vec![ev("gather.own", &t.to_le_bytes())];
+                // The retry leaves a little after its original, by a varying margin.
+                let (a, b) = tokio::join!(store.append(&own, expected, chained.clone()), async {
+                    for _ in 0..(round % 5) * 20 {
+                        tokio::task::yield_now().await;
+                    }
+                    store.append(&own, expected, chained).await
+                });
+                let (a, b) = (a.unwrap(), b.unwrap());
+                assert_eq!(a.positions, b.positions, "task {t} round {round}");
+                assert!(a.idempotent_replay ^ b.idempotent_replay, "task {t} round {round}: one write");
+                assert_eq!(a.last_revision, round);
+                let loose = vec![ev("gather.shared", b"s"), ev("gather.shared", b"t")];
+                let (c, d) = tokio::join!(
+                    store.append(&shared, ExpectedRevision::Any, loose.clone()),
+                    store.append(&shared, ExpectedRevision::Any, loose)
+                );
+                let (c, d) = (c.unwrap(), d.unwrap());
+                assert_eq!(c.positions, d.positions, "task {t} round {round}");
+                assert!(c.idempotent_replay ^ d.idempotent_replay);
+            }
+            // A stale expectation still fails with the actual revision.
+            let err = store
+                .append(&own, ExpectedRevision::Exact(0), vec![ev("gather.late", b"")])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::WrongExpectedRevision { actual: Some(a), .. } if a == ROUNDS - 1)
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let expected_events = 1 + u64::from(TASKS) * ROUNDS * 3;
+    assert_eq!(store.head().size, expected_events);
+    for t in 0..TASKS {
+        let own = store.read_stream(&stream(5000 + t), 0, Direction::Forwards, 100).await.unwrap();
+        assert_eq!(own.len() as u64, ROUNDS);
+    }
+    store.checkpoint_now().await.unwrap();
+    let report = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.events_checked, expected_events);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expected_revision_race_has_one_winner() {
     let (_db, store) = open().await;
