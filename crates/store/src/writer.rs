@@ -28,6 +28,11 @@ use crate::{to_offset, Head, StoreConfig};
 
 /// Advisory lock key held by the ledger's writer ("CHLEDGER").
 pub(crate) const WRITER_LOCK: i64 = 0x4348_4c45_4447_4552;
+/// Batches with at least this many new events, planned while nothing is in flight and
+/// nothing else waits, are signed and inserted chunk by chunk (`Writer::stream_commit`).
+/// Smaller ones, and any when other requests wait, go through the pipeline, which signs
+/// the next batch while this one commits.
+const STREAM_MIN_EVENTS: usize = 512;
 /// NOTIFY channel carrying the new head after each commit.
 pub(crate) const NOTIFY_CHANNEL: &str = "chartledger_events";
 
@@ -168,12 +173,16 @@ enum Plan {
     Fail(StoreError),
 }
 
-/// A new event before signing.
+/// A new event before signing (owns what its body needs, so a chunk of drafts can be
+/// signed on another thread).
 struct Draft {
     position: u64,
     stream: StreamId,
     revision: u64,
-    proposed_index: (usize, usize),
+    event_id: Uuid,
+    event_type: ledger::EventType,
+    schema_version: u16,
+    actor: ledger::Actor,
     payload: Payload,
 }
 
@@ -272,7 +281,7 @@ impl Writer {
             match in_flight.take() {
                 None => {
                     if !batch.is_empty() {
-                        in_flight = self.planner.prepare(batch).await;
+                        in_flight = self.prepare_alone(batch, &mut carry).await;
                     }
                 }
                 Some(p) => {
@@ -340,6 +349,110 @@ impl Writer {
             }
         }
         tracing::debug!("writer stopped: all store handles dropped");
+    }
+
+    /// Nothing is in flight: plan `batch`. A small batch is returned signed, to commit
+    /// while the next one is gathered. A large one is signed in chunks, each inserted
+    /// (in one transaction) while the next is signed, and committed here: signing a
+    /// stream's chain is sequential, so this is what lets one client's big append use the
+    /// database and the CPU at the same time.
+    async fn prepare_alone(
+        &mut self,
+        batch: Vec<AppendRequest>,
+        carry: &mut std::collections::VecDeque<AppendRequest>,
+    ) -> Option<Prepared> {
+        let (batch, plans, drafts) = self.planner.draft_or_fail(batch).await?;
+        if drafts.len() < STREAM_MIN_EVENTS || self.conn.is_none() || !carry.is_empty() || !self.rx.is_empty()
+        {
+            return self.planner.finish(batch, plans, drafts);
+        }
+        self.stream_commit(batch, plans, drafts, carry).await;
+        None
+    }
+
+    /// Sign and insert `drafts` chunk by chunk in one transaction, then commit, publish and
+    /// answer; failures are handled as for a batch commit.
+    async fn stream_commit(
+        &mut self,
+        batch: Vec<AppendRequest>,
+        plans: Vec<Plan>,
+        drafts: Vec<Draft>,
+        carry: &mut std::collections::VecDeque<AppendRequest>,
+    ) {
+        let planner = &mut self.planner;
+        let now = planner.next_time();
+        let mut bases = planner.chain_bases(&drafts);
+        let mut frontier = planner.state.frontier.clone();
+        let key = Arc::clone(&planner.key);
+        let head = drafts.last().map_or(planner.state.head, |d| d.position + 1);
+        // The first chunks are small, so the database starts early; later ones are larger
+        // (fewer statements).
+        let mut chunks: Vec<Vec<Draft>> = Vec::new();
+        let mut size = 32;
+        let mut rest = drafts.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(size).collect());
+            size = (size * 2).min(256);
+        }
+        // One thread signs the chunks in order and hands each over as soon as it is signed;
+        // this task inserts them as they come. Dropping the receiver stops the signer.
+        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Vec<NewRow>, StoreError>>(2);
+        let signer = tokio::task::spawn_blocking(move || {
+            for drafts in chunks {
+                let r = sign_drafts(drafts, &key, now, &mut bases, &mut frontier);
+                let failed = r.is_err();
+                if chunk_tx.blocking_send(r).is_err() || failed {
+                    break;
+                }
+            }
+            frontier
+        });
+        let mut rows: Vec<NewRow> = Vec::new();
+        let conn = self.conn.as_mut();
+        let result: Result<Frontier, StoreError> = async {
+            let conn = conn.ok_or(StoreError::Closed)?;
+            let mut tx = conn.begin().await?;
+            while let Some(signed) = chunk_rx.recv().await {
+                let signed = signed?;
+                insert_rows(&mut tx, &signed, head).await?;
+                rows.extend(signed);
+            }
+            let frontier = signer.await.map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
+            if rows.last().map(|r| r.position + 1) != Some(head) {
+                // The signer stopped early without an error: nothing may commit.
+                return Err(StoreError::Database(sqlx::Error::WorkerCrashed));
+            }
+            tx.commit().await?;
+            Ok(frontier)
+        }
+        .await;
+        drop(chunk_rx);
+        match result {
+            Ok(frontier) => {
+                self.planner.state.last_micros = now.as_micros();
+                let p = self.planner.prepared(batch, plans, rows, frontier);
+                self.publish(&p);
+                settle(p, None);
+            }
+            Err(e) if is_event_id_conflict(&e) => {
+                // Nothing was written (the transaction rolls back): plan again, with look-ups.
+                for r in batch.into_iter().rev() {
+                    carry.push_front(r);
+                }
+                self.planner.force_lookup = true;
+                if let Err(e) = self.reload().await {
+                    tracing::warn!(error = %e, "reloading the ledger state failed");
+                    self.conn = None;
+                }
+            }
+            Err(e) => {
+                // `rows` holds what was inserted before the failure: committed only if
+                // the failure was the COMMIT's, which the recovery finds out.
+                let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+                let head = Head { size: head, root: self.planner.state.frontier.root() };
+                self.recover(Prepared { batch, plans, rows, head, ids }, e).await;
+            }
+        }
     }
 
     fn publish(&self, p: &Prepared) {
@@ -456,6 +569,16 @@ impl Writer {
 impl Planner {
     /// Plan and sign a batch; on a look-up failure, fail its requests (nothing was written).
     async fn prepare(&mut self, batch: Vec<AppendRequest>) -> Option<Prepared> {
+        let (batch, plans, drafts) = self.draft_or_fail(batch).await?;
+        self.finish(batch, plans, drafts)
+    }
+
+    /// Validate and position `batch`; on a look-up failure, fail its requests (nothing was
+    /// written).
+    async fn draft_or_fail(
+        &mut self,
+        batch: Vec<AppendRequest>,
+    ) -> Option<(Vec<AppendRequest>, Vec<Plan>, Vec<Draft>)> {
         if self.lookup.is_none() {
             match connect_session(&self.connect).await {
                 Ok(c) => self.lookup = Some(c),
@@ -466,23 +589,8 @@ impl Planner {
                 }
             }
         }
-        match self.plan(&batch).await {
-            Ok((plans, rows, frontier)) => {
-                let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
-                // Optimistic state: as if this batch had committed.
-                if let Some(last) = rows.last() {
-                    self.state.head = last.position + 1;
-                    self.state.frontier = frontier;
-                    for r in &rows {
-                        self.heads.insert(
-                            r.event.stream_id().clone(),
-                            (r.event.stream_revision(), *r.event.hash()),
-                        );
-                    }
-                }
-                let head = Head { size: self.state.head, root: self.state.frontier.root() };
-                Some(Prepared { batch, plans, rows, head, ids })
-            }
+        match self.draft(&batch).await {
+            Ok((plans, drafts)) => Some((batch, plans, drafts)),
             Err(e) => {
                 tracing::warn!(error = %e, "append planning failed");
                 self.lookup = None;
@@ -492,12 +600,46 @@ impl Planner {
         }
     }
 
-    /// Validate every request, assign positions and revisions, sign, and build the rows.
-    #[allow(clippy::type_complexity)]
-    async fn plan(
+    /// Sign the drafts and move the optimistic state past them, as if they had committed.
+    fn finish(
         &mut self,
-        batch: &[AppendRequest],
-    ) -> Result<(Vec<Plan>, Vec<NewRow>, Frontier), StoreError> {
+        batch: Vec<AppendRequest>,
+        plans: Vec<Plan>,
+        drafts: Vec<Draft>,
+    ) -> Option<Prepared> {
+        let now = self.next_time();
+        let mut bases = self.chain_bases(&drafts);
+        let mut frontier = self.state.frontier.clone();
+        let key = Arc::clone(&self.key);
+        match crate::cpu_bound(|| sign_drafts(drafts, &key, now, &mut bases, &mut frontier)) {
+            Ok(rows) => {
+                self.state.last_micros = now.as_micros();
+                Some(self.prepared(batch, plans, rows, frontier))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "append signing failed");
+                fail_all(batch);
+                None
+            }
+        }
+    }
+
+    /// A planned batch, with the optimistic state moved past its rows.
+    fn prepared(
+        &mut self,
+        batch: Vec<AppendRequest>,
+        plans: Vec<Plan>,
+        rows: Vec<NewRow>,
+        frontier: Frontier,
+    ) -> Prepared {
+        let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+        self.advance(&rows, frontier);
+        let head = Head { size: self.state.head, root: self.state.frontier.root() };
+        Prepared { batch, plans, rows, head, ids }
+    }
+
+    /// Validate every request and assign positions and revisions to the new events.
+    async fn draft(&mut self, batch: &[AppendRequest]) -> Result<(Vec<Plan>, Vec<Draft>), StoreError> {
         let conn = self.lookup.as_mut().ok_or(StoreError::Closed)?;
         // Idempotency: which ids already exist?
         // Look ids up where a retry must win over the revision check (non-`Any`
@@ -546,7 +688,10 @@ impl Planner {
         let mut plans = Vec::with_capacity(batch.len());
         let mut drafts: Vec<Draft> = Vec::new();
         let mut next_pos = self.state.head;
-        let mut rng = rand_core::OsRng;
+        // Payload salts: a ChaCha20 stream seeded from the OS for each batch (one system
+        // call per batch instead of one per event; salts stay unpredictable).
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_rng(rand_core::OsRng)
+            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
         for (ri, req) in batch.iter().enumerate() {
             let plan = self.plan_one(ri, req, batch, &existing, &mut seen_in_batch, &mut tentative);
             let plan = match plan {
@@ -560,13 +705,16 @@ impl Planner {
                     let first_row = drafts.len();
                     let mut rev = base.map_or(0, |r| r + 1);
                     let mut payload_err = None;
-                    for (ei, e) in req.events.iter().enumerate() {
+                    for e in &req.events {
                         match Payload::new(e.payload.clone(), &mut rng) {
                             Ok(payload) => drafts.push(Draft {
                                 position: next_pos,
                                 stream: req.stream.clone(),
                                 revision: rev,
-                                proposed_index: (ri, ei),
+                                event_id: e.event_id,
+                                event_type: e.event_type.clone(),
+                                schema_version: e.schema_version,
+                                actor: e.actor.clone(),
                                 payload,
                             }),
                             Err(err) => {
@@ -593,73 +741,34 @@ impl Planner {
             plans.push(plan);
         }
 
-        // Sign: chains per stream, in parallel across streams.
-        let now = Timestamp::from_micros(crate::now_micros().max(self.state.last_micros));
-        let key = Arc::clone(&self.key);
-        let mut chains: HashMap<&StreamId, Vec<usize>> = HashMap::new();
-        for (i, d) in drafts.iter().enumerate() {
-            chains.entry(&d.stream).or_default().push(i);
-        }
-        let chains: Vec<(Option<Hash>, Vec<usize>)> =
-            chains.into_iter().map(|(s, v)| (self.heads.get(s).map(|h| h.1), v)).collect();
-        let drafts_ref = &drafts;
-        let key_id = key.key_id();
-        let signed: Vec<Vec<(usize, Result<SignedEvent, ledger::LedgerError>)>> = crate::cpu_bound(|| {
-            chains
-                .par_iter()
-                .map(|(base, idxs)| {
-                    let mut prev = *base;
-                    idxs.iter()
-                        .map(|&i| {
-                            let d = &drafts_ref[i];
-                            let p = &batch[d.proposed_index.0].events[d.proposed_index.1];
-                            let body = EventBody {
-                                stream_id: d.stream.clone(),
-                                stream_revision: d.revision,
-                                event_id: p.event_id,
-                                event_type: p.event_type.clone(),
-                                schema_version: p.schema_version,
-                                recorded_at: now,
-                                actor: p.actor.clone(),
-                                payload_commitment: d.payload.commitment(),
-                                prev_hash: if d.revision == 0 {
-                                    GENESIS_PREV_HASH
-                                } else {
-                                    prev.unwrap_or(GENESIS_PREV_HASH)
-                                },
-                                key_id,
-                            };
-                            let r = sign_body(body, &key, key_id);
-                            if let Ok(ev) = &r {
-                                prev = Some(*ev.hash());
-                            }
-                            (i, r)
-                        })
-                        .collect()
-                })
-                .collect()
-        });
-        let mut events: Vec<Option<SignedEvent>> = vec![None; drafts.len()];
-        for (i, r) in signed.into_iter().flatten() {
-            // Signing only fails on invalid input, which validation already excluded.
-            events[i] = Some(r?);
-        }
-        let mut frontier = self.state.frontier.clone();
-        let mut rows = Vec::with_capacity(drafts.len());
-        for (d, ev) in drafts.into_iter().zip(events) {
-            let ev = ev.ok_or(StoreError::Closed)?;
-            let nodes = frontier
-                .append(merkle::leaf_hash(ev.hash()))
-                .map_err(|_| StoreError::Corrupt { position: d.position, reason: "Merkle tree full" })?;
-            let mut merkle_nodes = Vec::with_capacity(32 * nodes.len());
-            for (id, h) in nodes.iter().filter(|(id, _)| id.level > 0) {
-                debug_assert_eq!(((id.index + 1) << id.level) - 1, d.position);
-                merkle_nodes.extend_from_slice(h);
+        Ok((plans, drafts))
+    }
+
+    /// The recorded time of the next batch: now, never before the last one.
+    fn next_time(&self) -> Timestamp {
+        Timestamp::from_micros(crate::now_micros().max(self.state.last_micros))
+    }
+
+    /// The hash each stream of `drafts` links to next (None: not in the cache, so new).
+    fn chain_bases(&self, drafts: &[Draft]) -> HashMap<StreamId, Option<Hash>> {
+        let mut bases = HashMap::new();
+        for d in drafts {
+            if !bases.contains_key(&d.stream) {
+                bases.insert(d.stream.clone(), self.heads.get(&d.stream).map(|h| h.1));
             }
-            rows.push(NewRow { position: d.position, event: ev, payload: d.payload, merkle_nodes });
         }
-        self.state.last_micros = now.as_micros();
-        Ok((plans, rows, frontier))
+        bases
+    }
+
+    /// As if `rows` (ending at the frontier given) had committed.
+    fn advance(&mut self, rows: &[NewRow], frontier: Frontier) {
+        if let Some(last) = rows.last() {
+            self.state.head = last.position + 1;
+            self.state.frontier = frontier;
+            for r in rows {
+                self.heads.insert(r.event.stream_id().clone(), (r.event.stream_revision(), *r.event.hash()));
+            }
+        }
     }
 
     /// Settle a request without writing (replay, conflict, revision mismatch), or None to write it.
@@ -740,9 +849,16 @@ impl Planner {
 
 /// Insert a batch in one transaction and commit (one WAL flush).
 async fn commit_rows(conn: &mut PgConnection, rows: &[NewRow]) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
+    match rows.last() {
+        Some(last) => insert_rows(conn, rows, last.position + 1).await,
+        None => Ok(()),
     }
+}
+
+/// Insert rows in one statement (in autocommit: one transaction, one WAL flush), with a
+/// notification of the head the commit will reach (identical notifications of one
+/// transaction are delivered once).
+async fn insert_rows(conn: &mut PgConnection, rows: &[NewRow], head: u64) -> Result<(), StoreError> {
     let n = rows.len();
     let mut positions = Vec::with_capacity(n);
     let mut streams = Vec::with_capacity(n);
@@ -768,7 +884,6 @@ async fn commit_rows(conn: &mut PgConnection, rows: &[NewRow]) -> Result<(), Sto
         salts.push(r.payload.salt().to_vec());
         payloads.push(r.payload.bytes().to_vec());
     }
-    let head = rows.last().map_or(0, |r| r.position + 1);
     // One statement in autocommit: one round trip, one transaction, one WAL flush. The
     // gapless trigger runs at the end of the statement; payload positions are the ones
     // just assigned to the events (there is no per-row foreign key, see the migration).
@@ -1037,6 +1152,77 @@ impl Writer {
         }
         committed
     }
+}
+
+/// Sign `drafts` (in position order) and build their rows: chains per stream, in parallel
+/// across streams. `bases` holds each stream's link to the event before (None: a new
+/// stream) and is moved to the last hash signed; `frontier` takes the new leaves.
+fn sign_drafts(
+    drafts: Vec<Draft>,
+    key: &LedgerSigningKey,
+    now: Timestamp,
+    bases: &mut HashMap<StreamId, Option<Hash>>,
+    frontier: &mut Frontier,
+) -> Result<Vec<NewRow>, StoreError> {
+    let mut chains: HashMap<&StreamId, Vec<usize>> = HashMap::new();
+    for (i, d) in drafts.iter().enumerate() {
+        chains.entry(&d.stream).or_default().push(i);
+    }
+    let chains: Vec<(Option<Hash>, Vec<usize>)> =
+        chains.into_iter().map(|(s, v)| (bases.get(s).copied().flatten(), v)).collect();
+    let key_id = key.key_id();
+    let signed: Vec<Vec<(usize, Result<SignedEvent, ledger::LedgerError>)>> = chains
+        .par_iter()
+        .map(|(base, idxs)| {
+            let mut prev = *base;
+            idxs.iter()
+                .map(|&i| {
+                    let d = &drafts[i];
+                    let body = EventBody {
+                        stream_id: d.stream.clone(),
+                        stream_revision: d.revision,
+                        event_id: d.event_id,
+                        event_type: d.event_type.clone(),
+                        schema_version: d.schema_version,
+                        recorded_at: now,
+                        actor: d.actor.clone(),
+                        payload_commitment: d.payload.commitment(),
+                        prev_hash: if d.revision == 0 {
+                            GENESIS_PREV_HASH
+                        } else {
+                            prev.unwrap_or(GENESIS_PREV_HASH)
+                        },
+                        key_id,
+                    };
+                    let r = sign_body(body, key, key_id);
+                    if let Ok(ev) = &r {
+                        prev = Some(*ev.hash());
+                    }
+                    (i, r)
+                })
+                .collect()
+        })
+        .collect();
+    let mut events: Vec<Option<SignedEvent>> = vec![None; drafts.len()];
+    for (i, r) in signed.into_iter().flatten() {
+        // Signing only fails on invalid input, which validation already excluded.
+        events[i] = Some(r?);
+    }
+    let mut rows = Vec::with_capacity(drafts.len());
+    for (d, ev) in drafts.into_iter().zip(events) {
+        let ev = ev.ok_or(StoreError::Closed)?;
+        bases.insert(d.stream.clone(), Some(*ev.hash()));
+        let nodes = frontier
+            .append(merkle::leaf_hash(ev.hash()))
+            .map_err(|_| StoreError::Corrupt { position: d.position, reason: "Merkle tree full" })?;
+        let mut merkle_nodes = Vec::with_capacity(32 * nodes.len());
+        for (id, h) in nodes.iter().filter(|(id, _)| id.level > 0) {
+            debug_assert_eq!(((id.index + 1) << id.level) - 1, d.position);
+            merkle_nodes.extend_from_slice(h);
+        }
+        rows.push(NewRow { position: d.position, event: ev, payload: d.payload, merkle_nodes });
+    }
+    Ok(rows)
 }
 
 fn sign_body(

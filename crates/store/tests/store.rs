@@ -878,27 +878,121 @@ async fn unknown_key_signature_is_detected() {
 /// event ids. Every event ends up stored exactly once, at the position its acknowledgement
 /// named, and the ledger verifies. (Which kills land between COMMIT and reply is up to
 /// chance here; `retry_after_the_reply_to_a_commit_was_lost` does that deterministically.)
+/// A large append with nothing else waiting is signed chunk by chunk while the chunks
+/// before are inserted, in one transaction: the events read back linked and verified as
+/// one append; a retry whose first chunk meets stored ids replays; an append whose last
+/// chunk repeats a stored id fails as a conflict after earlier chunks were inserted, and
+/// nothing of it remains; while the writer's connection is killed again and again, every
+/// acknowledged append is stored whole at its positions and no other is stored in part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_after_the_writer_connection_drops() {
+async fn large_appends_stream_in_chunks() {
     let (db, store) = open().await;
-    let killer_pool = db.pool().clone();
+    let s = stream(7000);
+    let big: Vec<ProposedEvent> = (0..1500u32).map(|i| ev("bulk.event", &i.to_le_bytes())).collect();
+    let first = store.append(&s, ExpectedRevision::NoStream, big.clone()).await.unwrap();
+    assert_eq!(first.positions, (1..1501).collect::<Vec<u64>>());
+    assert_eq!(first.last_revision, 1499);
+    let read = store.read_stream(&s, 0, Direction::Forwards, 2000).await.unwrap();
+    assert_eq!(read.len(), 1500);
+    for (i, e) in read.iter().enumerate() {
+        assert_eq!(e.event.event_id(), big[i].event_id);
+        if i > 0 {
+            assert_eq!(&e.event.body().prev_hash, read[i - 1].event.hash(), "link at revision {i}");
+        }
+    }
+    // The retry streams too (no look-up for `Any`), meets the unique index in its first
+    // chunk, and is planned again: the original result.
+    let again = store.append(&s, ExpectedRevision::Any, big.clone()).await.unwrap();
+    assert_eq!(again.positions, first.positions);
+    assert!(again.idempotent_replay);
+    // New events with one stored id at the end: earlier chunks were inserted before the
+    // conflict, and roll back with the rest.
+    let mut mixed: Vec<ProposedEvent> = (0..700u32).map(|i| ev("bulk.mixed", &i.to_le_bytes())).collect();
+    mixed.push(big[3].clone());
+    let err = store.append(&s, ExpectedRevision::Any, mixed.clone()).await.unwrap_err();
+    assert_eq!(err.code(), "store.idempotency_conflict", "{err:?}");
+    assert_eq!(store.head().size, 1501);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_events").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(stored, 1501, "nothing of the failed append remains");
+    let payloads: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger_payloads").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(payloads, 1501);
+    // The new events alone go in after it, gaplessly.
+    mixed.pop();
+    let r = store.append(&s, ExpectedRevision::Exact(1499), mixed).await.unwrap();
+    assert_eq!(r.positions, (1501..2201).collect::<Vec<u64>>());
+
+    // Under connection kills: each append of 600 is retried until acknowledged.
+    let (stop, killer) = spawn_writer_killer(db.pool().clone(), Duration::from_millis(60));
+    let mut acked: Vec<(Vec<Uuid>, Vec<u64>)> = Vec::new();
+    let mut failures = 0;
+    for round in 0..8u32 {
+        let batch: Vec<ProposedEvent> =
+            (0..600u32).map(|i| ev("bulk.kill", &(round * 1000 + i).to_le_bytes())).collect();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match store.append(&stream(7001), ExpectedRevision::Any, batch.clone()).await {
+                Ok(r) => {
+                    acked.push((batch.iter().map(|e| e.event_id).collect(), r.positions));
+                    failures += u32::from(tries > 1);
+                    break;
+                }
+                Err(StoreError::Database(_) | StoreError::OutcomeUnknown) if tries < 2000 => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!("unexpected: {e:?}"),
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killer.await.unwrap();
+    assert!(kills > 0, "the writer connection was never killed: the test proved nothing");
+    println!("{kills} kills, {failures} appends failed at least once");
+    let all = store.read_all(0, 20_000, &AllFilter::default()).await.unwrap();
+    assert_eq!(all.len() as u64, 2201 + 8 * 600, "exactly the acknowledged appends are stored");
+    let by_id: HashMap<Uuid, u64> = all.iter().map(|e| (e.event.event_id(), e.position)).collect();
+    assert_eq!(by_id.len(), all.len(), "no event stored twice");
+    for (ids, positions) in &acked {
+        let found: Vec<u64> = ids.iter().map(|id| by_id[id]).collect();
+        assert_eq!(&found, positions, "an acknowledged append is whole at its positions");
+    }
+    store.checkpoint_now().await.unwrap();
+    let report = verify_ledger(store.pool(), &VerifyOptions::default()).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+}
+
+/// Kills the writer's connection (the holder of the ledger's advisory lock) every `every`
+/// until the flag is set; answers how many times it killed.
+fn spawn_writer_killer(
+    pool: sqlx::PgPool,
+    every: Duration,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<i64>) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let killer = tokio::spawn(async move {
         let mut kills = 0;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            // Often enough to hit commits in flight, rarely enough for reconnects to finish.
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            tokio::time::sleep(every).await;
             let r: Result<i64, _> = sqlx::query_scalar(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
                  WHERE l.locktype = 'advisory' AND a.datname = current_database() AND a.pid <> pg_backend_pid()",
             )
-            .fetch_one(&killer_pool)
+            .fetch_one(&pool)
             .await;
             kills += r.unwrap_or(0);
         }
         kills
     });
+    (stop, killer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_after_the_writer_connection_drops() {
+    let (db, store) = open().await;
+    // Often enough to hit commits in flight, rarely enough for reconnects to finish.
+    let (stop, killer) = spawn_writer_killer(db.pool().clone(), Duration::from_millis(40));
     let mut tasks = Vec::new();
     for w in 0..8u32 {
         let store = store.clone();
