@@ -308,14 +308,7 @@ impl Writer {
                                     carry.push_front(r);
                                 }
                             }
-                            for r in p.batch.into_iter().rev() {
-                                carry.push_front(r);
-                            }
-                            self.planner.force_lookup = true;
-                            if let Err(e) = self.reload().await {
-                                tracing::warn!(error = %e, "reloading the ledger state failed");
-                                self.conn = None;
-                            }
+                            self.replan_after_id_conflict(p.batch, &mut carry).await;
                         }
                         Err(e) => {
                             // The next batch was planned on top of this one: plan it again.
@@ -435,15 +428,8 @@ impl Writer {
                 settle(p, None);
             }
             Err(e) if is_event_id_conflict(&e) => {
-                // Nothing was written (the transaction rolls back): plan again, with look-ups.
-                for r in batch.into_iter().rev() {
-                    carry.push_front(r);
-                }
-                self.planner.force_lookup = true;
-                if let Err(e) = self.reload().await {
-                    tracing::warn!(error = %e, "reloading the ledger state failed");
-                    self.conn = None;
-                }
+                // Nothing was written (the transaction rolls back).
+                self.replan_after_id_conflict(batch, carry).await;
             }
             Err(e) => {
                 // `rows` holds what was inserted before the failure: committed only if
@@ -452,6 +438,23 @@ impl Writer {
                 let head = Head { size: head, root: self.planner.state.frontier.root() };
                 self.recover(Prepared { batch, plans, rows, head, ids }, e).await;
             }
+        }
+    }
+
+    /// A commit met an event id already stored, so nothing was written: queue `batch`
+    /// first, to plan again with look-ups on the reloaded state.
+    async fn replan_after_id_conflict(
+        &mut self,
+        batch: Vec<AppendRequest>,
+        carry: &mut std::collections::VecDeque<AppendRequest>,
+    ) {
+        for r in batch.into_iter().rev() {
+            carry.push_front(r);
+        }
+        self.planner.force_lookup = true;
+        if let Err(e) = self.reload().await {
+            tracing::warn!(error = %e, "reloading the ledger state failed");
+            self.conn = None;
         }
     }
 
