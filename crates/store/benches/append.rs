@@ -5,8 +5,13 @@
 //! (same byte sizes) inserted raw into identical tables without signing, hashing, Merkle
 //! work or triggers, as the baseline; latency at a paced 10,000 events/s; and ledger
 //! verification events/s next to the raw strict Ed25519 verification rate on all cores.
-//! Set `BENCH_SCALE` (default 1.0) to lengthen or shorten every phase. It prints the
-//! server's `fsync` and `synchronous_commit` and refuses to run when `fsync` is off.
+//! It also prints the one-core Ed25519 signing rate: a stream's events are signed in chain
+//! order, so that rate caps one client's single-stream batches. Every load starts after a
+//! CHECKPOINT (see `checkpoint`). Set `BENCH_SCALE` (default 1.0) to lengthen or shorten
+//! every phase; `BENCH_SCENARIOS=64x1,1x1000` runs only those rows, `BENCH_SKIP_RAW=1`
+//! skips their baselines, `BENCH_ONLY=paced` runs only the paced load (for profiling).
+//! It prints the server's `fsync` and `synchronous_commit` and refuses to run when `fsync`
+//! is off.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
 use std::sync::Arc;
@@ -190,6 +195,16 @@ async fn run_paced(store: &EventStore, rate: f64, dur: Duration) -> Stats {
     Stats { events: lat.len(), secs: start.elapsed().as_secs_f64(), lat }
 }
 
+/// A CHECKPOINT before each measured load, so that no load pays for flushing the pages
+/// an earlier one dirtied (each batched load writes hundreds of MB of WAL; on a server
+/// with the default `max_wal_size` that forces checkpoints, and their flushing stalls
+/// commits). Needs superuser or `pg_checkpoint`; skipped with a note otherwise.
+async fn checkpoint(pool: &sqlx::PgPool) {
+    if let Err(e) = sqlx::query("CHECKPOINT").execute(pool).await {
+        eprintln!("note: CHECKPOINT refused ({e}); loads may pay for earlier loads' checkpoints");
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
@@ -253,7 +268,9 @@ fn main() {
                 continue;
             }
             eprintln!("phase: {clients} clients x batch {batch}");
+            checkpoint(&pool).await;
             let mut s = run_store(&store, clients, batch, d, offset).await;
+            checkpoint(&pool).await;
             // BENCH_SKIP_RAW=1: the store's rows alone (for profiling).
             let skip_raw = std::env::var_os("BENCH_SKIP_RAW").is_some();
             let mut r = run_raw(&pool, clients, batch, if skip_raw { Duration::ZERO } else { d }, &row, offset).await;
@@ -270,6 +287,7 @@ fn main() {
                 s.rate() / r.rate()
             );
         }
+        checkpoint(&pool).await;
         let mut paced = run_paced(&store, 10_000.0, d).await;
         println!(
             "paced 10,000 ev/s target: achieved {:.0} ev/s, p50 {:.2} ms, p99 {:.2} ms",
