@@ -30,7 +30,7 @@ pub use error::StoreError;
 pub use subscription::Subscription;
 pub use types::{
     AllFilter, AppendResult, Direction, ExpectedRevision, KeyRotation, ProposedEvent, RecordedEvent,
-    StoredCheckpoint,
+    StoredCheckpoint, WriterStats,
 };
 
 /// The columns `decode_row` reads, from events joined with their payloads; callers
@@ -117,6 +117,7 @@ struct Inner {
     /// The current signing key (changed by the writer when it rotates the key).
     key_rx: watch::Receiver<Arc<LedgerSigningKey>>,
     config: StoreConfig,
+    stats: Arc<writer::Counters>,
     _checkpointer: checkpointer::Handle,
 }
 
@@ -141,6 +142,7 @@ impl EventStore {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (head_tx, head_rx) = watch::channel(Head { size: state.head, root: state.frontier.root() });
         let (key_tx, key_rx) = watch::channel(Arc::clone(&key));
+        let stats = Arc::new(writer::Counters::default());
         let mut w = writer::Writer {
             conn: Some(conn),
             connect: connect.clone(),
@@ -155,7 +157,7 @@ impl EventStore {
                 state,
                 heads: Default::default(),
                 config: config.clone(),
-                force_lookup: false,
+                stats: Arc::clone(&stats),
             },
         };
         let registry = load_key_registry(&pool).await?;
@@ -174,7 +176,7 @@ impl EventStore {
         }
         tokio::spawn(w.run());
         let cp = checkpointer::spawn(pool.clone(), key_rx.clone(), config.clone(), head_rx.clone());
-        Ok(Self { inner: Arc::new(Inner { pool, tx, head_rx, key_rx, config, _checkpointer: cp }) })
+        Ok(Self { inner: Arc::new(Inner { pool, tx, head_rx, key_rx, config, stats, _checkpointer: cp }) })
     }
 
     /// Rotate the ledger key to `new`, live: the writer lets everything queued before this
@@ -193,6 +195,11 @@ impl EventStore {
         let req = writer::RotateRequest { key: Arc::new(new), reply };
         self.inner.tx.send(writer::Request::Rotate(req)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// What the writer has done since this store opened.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.stats.snapshot()
     }
 
     /// The key the store signs with now.
@@ -240,7 +247,7 @@ impl EventStore {
             return Err(StoreError::ReservedStream(stream.as_str().to_owned()));
         }
         let (reply, rx) = oneshot::channel();
-        let req = writer::AppendRequest { stream: stream.clone(), expected, events, reply };
+        let req = writer::AppendRequest { stream: stream.clone(), expected, events, reply, look_up: false };
         self.inner.tx.send(writer::Request::Append(req)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }

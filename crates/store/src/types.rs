@@ -3,6 +3,20 @@
 use ledger::{Actor, EventType, Payload, SignedEvent};
 use uuid::Uuid;
 
+/// What the writer has done since the store opened (for metrics and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Batches committed (pipelined or streamed), rotations and anchors excluded.
+    pub batches: u64,
+    /// Parts planned while the batch before committed and merged into a batch after its
+    /// first part.
+    pub merged_parts: u64,
+    /// Batches signed and inserted chunk by chunk (`stream_commit`).
+    pub streamed_batches: u64,
+    /// Chunk statements of streamed batches.
+    pub streamed_chunks: u64,
+}
+
 /// Optimistic concurrency for an append (EventStoreDB semantics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpectedRevision {

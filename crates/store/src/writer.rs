@@ -8,7 +8,8 @@
 //! streams), and inserts the whole batch in one transaction: one COMMIT, one WAL flush.
 //! Callers are answered only after COMMIT returned (synchronous_commit on).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,39 @@ pub(crate) struct AppendRequest {
     pub expected: ExpectedRevision,
     pub events: Vec<ProposedEvent>,
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+    /// Look this request's event ids up when planning it, whatever its expected revision:
+    /// set when it was held back for touching an uncommitted event, or re-queued after an
+    /// event-id conflict (a retry of something that may now be stored).
+    pub look_up: bool,
+}
+
+/// The writer's counters, shared with the store's handles.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    merged_parts: AtomicU64,
+    streamed_batches: AtomicU64,
+    streamed_chunks: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> crate::WriterStats {
+        crate::WriterStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            merged_parts: self.merged_parts.load(Ordering::Relaxed),
+            streamed_batches: self.streamed_batches.load(Ordering::Relaxed),
+            streamed_chunks: self.streamed_chunks.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Queue `batch` before everything in `carry`, in order; with `look_up`, to be planned
+/// with its event ids looked up.
+fn requeue_front(carry: &mut VecDeque<AppendRequest>, batch: Vec<AppendRequest>, look_up: bool) {
+    for mut r in batch.into_iter().rev() {
+        r.look_up |= look_up;
+        carry.push_front(r);
+    }
 }
 
 /// What the writer's queue carries.
@@ -94,8 +128,8 @@ pub(crate) struct Planner {
     /// Last revision and hash of recently written streams (including planned ones).
     pub heads: HashMap<StreamId, (u64, Hash)>,
     pub config: StoreConfig,
-    /// Look every event id up when planning the next batch.
-    pub force_lookup: bool,
+    /// The writer's counters.
+    pub stats: Arc<Counters>,
 }
 
 /// A planned, signed batch waiting for (or in) its commit.
@@ -123,13 +157,16 @@ pub(crate) async fn connect_writer(
     Ok((conn, state))
 }
 
-/// A writer-side session: durable commits. Every statement the writer repeats (and the
-/// gapless trigger's probes) reads through a unique index whatever the table's size, so
-/// the generic plans PostgreSQL caches after a few runs stay right as the ledger grows;
-/// planning each run anew (`force_custom_plan`) cost about 0.3 ms per commit.
+/// A writer-side session: durable commits, and index access only. Every statement the
+/// writer runs (and the gapless trigger's probes, planned in this session) finds its rows
+/// through an index; with sequential scans off, the generic plans PostgreSQL caches after
+/// a few runs use those indexes even when they were made while the table was small, and
+/// stay right as the ledger grows without waiting for an ANALYZE. Planning every run anew
+/// (`force_custom_plan`) would cost about 0.3 ms per commit.
 async fn connect_session(opts: &PgConnectOptions) -> Result<PgConnection, StoreError> {
     let mut conn = PgConnection::connect_with(opts).await?;
     sqlx::query("SET synchronous_commit = on").execute(&mut conn).await?;
+    sqlx::query("SET enable_seqscan = off").execute(&mut conn).await?;
     Ok(conn)
 }
 
@@ -204,45 +241,47 @@ struct Existing {
 impl Writer {
     /// The pipeline: while batch k commits, batch k+1 is looked up and signed.
     pub(crate) async fn run(mut self) {
-        let mut carry: std::collections::VecDeque<AppendRequest> = std::collections::VecDeque::new();
+        let mut carry: VecDeque<AppendRequest> = VecDeque::new();
         let mut in_flight: Option<Prepared> = None;
         // A key rotation waits until nothing planned with the old key is in flight; no new
         // batch is planned meanwhile.
         let mut rotation: Option<RotateRequest> = None;
         loop {
-            if in_flight.is_none() {
+            // Everything queued before the rotation (`carry` included) has committed.
+            if in_flight.is_none() && carry.is_empty() {
                 if let Some(r) = rotation.take() {
                     let result = self.rotate(&r.key).await;
                     let _ = r.reply.send(result);
                     continue;
                 }
             }
-            // Gather: block only when there is nothing to do.
+            // Gather: block only when there is nothing to do. What waits in `carry` goes
+            // first; the channel is read only while no rotation is pending.
             let mut batch: Vec<AppendRequest> = Vec::new();
+            if rotation.is_none() && in_flight.is_none() && carry.is_empty() {
+                match self.rx.recv().await {
+                    Some(Request::Append(r)) => batch.push(r),
+                    Some(Request::Rotate(r)) => {
+                        rotation = Some(r);
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let cfg = &self.planner.config;
+            let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
+            let mut bytes: usize = batch.iter().map(AppendRequest::payload_bytes).sum();
+            while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
+                match carry.pop_front() {
+                    Some(r) => {
+                        n += r.events.len();
+                        bytes += r.payload_bytes();
+                        batch.push(r);
+                    }
+                    None => break,
+                }
+            }
             if rotation.is_none() {
-                if in_flight.is_none() && carry.is_empty() {
-                    match self.rx.recv().await {
-                        Some(Request::Append(r)) => batch.push(r),
-                        Some(Request::Rotate(r)) => {
-                            rotation = Some(r);
-                            continue;
-                        }
-                        None => break,
-                    }
-                }
-                let cfg = &self.planner.config;
-                let mut n: usize = batch.iter().map(|r| r.events.len()).sum();
-                let mut bytes: usize = batch.iter().map(AppendRequest::payload_bytes).sum();
-                while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
-                    match carry.pop_front() {
-                        Some(r) => {
-                            n += r.events.len();
-                            bytes += r.payload_bytes();
-                            batch.push(r);
-                        }
-                        None => break,
-                    }
-                }
                 while n < cfg.max_batch_events && bytes < cfg.max_batch_bytes {
                     match self.rx.try_recv() {
                         Ok(Request::Append(r)) => {
@@ -269,14 +308,13 @@ impl Writer {
                     continue;
                 }
             }
-            // Requests touching an event still in flight wait for its outcome.
+            // Requests touching an event still in flight wait for its outcome, and then look
+            // their ids up (it may be stored by then).
             if let Some(f) = &in_flight {
                 let (now, later): (Vec<_>, Vec<_>) =
                     batch.into_iter().partition(|r| r.events.iter().all(|e| !f.ids.contains(&e.event_id)));
                 batch = now;
-                for r in later.into_iter().rev() {
-                    carry.push_front(r);
-                }
+                requeue_front(&mut carry, later, true);
             }
             match in_flight.take() {
                 None => {
@@ -298,35 +336,29 @@ impl Writer {
                     match committed {
                         Ok(()) => {
                             self.publish(&p);
+                            self.planner.stats.batches.fetch_add(1, Ordering::Relaxed);
                             settle(p, None);
                             in_flight = next;
                         }
                         Err(e) if is_event_id_conflict(&e) => {
                             // Nothing was written: plan both batches again, with look-ups.
                             if let Some(n) = next {
-                                for r in n.batch.into_iter().rev() {
-                                    carry.push_front(r);
-                                }
+                                requeue_front(&mut carry, n.batch, true);
                             }
                             self.replan_after_id_conflict(p.batch, &mut carry).await;
                         }
                         Err(e) => {
                             // The next batch was planned on top of this one: plan it again.
                             if let Some(n) = next {
-                                for r in n.batch.into_iter().rev() {
-                                    carry.push_front(r);
-                                }
+                                requeue_front(&mut carry, n.batch, false);
                             }
                             self.recover(p, e).await;
                         }
                     }
                 }
             }
-            if in_flight.is_none()
-                && carry.is_empty()
-                && self.planner.heads.len() > self.planner.config.stream_cache_size
-            {
-                self.planner.heads.clear();
+            if self.planner.heads.len() > self.planner.config.stream_cache_size {
+                self.planner.trim_heads(in_flight.as_ref());
             }
         }
         if let Some(p) = in_flight {
@@ -352,7 +384,7 @@ impl Writer {
     async fn prepare_alone(
         &mut self,
         batch: Vec<AppendRequest>,
-        carry: &mut std::collections::VecDeque<AppendRequest>,
+        carry: &mut VecDeque<AppendRequest>,
     ) -> Option<Prepared> {
         let (batch, plans, drafts) = self.planner.draft_or_fail(batch).await?;
         if drafts.len() < STREAM_MIN_EVENTS || self.conn.is_none() || !carry.is_empty() || !self.rx.is_empty()
@@ -370,7 +402,7 @@ impl Writer {
         batch: Vec<AppendRequest>,
         plans: Vec<Plan>,
         drafts: Vec<Draft>,
-        carry: &mut std::collections::VecDeque<AppendRequest>,
+        carry: &mut VecDeque<AppendRequest>,
     ) {
         let planner = &mut self.planner;
         let now = planner.next_time();
@@ -401,6 +433,9 @@ impl Writer {
             frontier
         });
         let mut rows: Vec<NewRow> = Vec::new();
+        let mut chunk_count = 0u64;
+        // Was COMMIT sent? Before, a failure leaves nothing committed.
+        let mut commit_sent = false;
         let conn = self.conn.as_mut();
         let result: Result<Frontier, StoreError> = async {
             let conn = conn.ok_or(StoreError::Closed)?;
@@ -408,6 +443,7 @@ impl Writer {
             while let Some(signed) = chunk_rx.recv().await {
                 let signed = signed?;
                 insert_rows(&mut tx, &signed, head).await?;
+                chunk_count += 1;
                 rows.extend(signed);
             }
             let frontier = signer.await.map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
@@ -415,6 +451,7 @@ impl Writer {
                 // The signer stopped early without an error: nothing may commit.
                 return Err(StoreError::Database(sqlx::Error::WorkerCrashed));
             }
+            commit_sent = true;
             tx.commit().await?;
             Ok(frontier)
         }
@@ -425,15 +462,32 @@ impl Writer {
                 self.planner.state.last_micros = now.as_micros();
                 let p = self.planner.prepared(batch, plans, rows, frontier);
                 self.publish(&p);
+                // Counted before the callers hear of it.
+                self.planner.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.planner.stats.streamed_batches.fetch_add(1, Ordering::Relaxed);
+                self.planner.stats.streamed_chunks.fetch_add(chunk_count, Ordering::Relaxed);
                 settle(p, None);
             }
             Err(e) if is_event_id_conflict(&e) => {
                 // Nothing was written (the transaction rolls back).
                 self.replan_after_id_conflict(batch, carry).await;
             }
+            Err(e) if !commit_sent => {
+                // Nothing was committed (the transaction rolls back when the connection is
+                // next used). The planner's state never moved past this batch. Keep the
+                // connection, and the ledger lock, if it still answers.
+                tracing::warn!(error = %e, events = head - self.planner.state.head, "streamed batch failed before commit");
+                let alive = match self.conn.as_mut() {
+                    Some(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
+                    None => false,
+                };
+                if !alive {
+                    self.conn = None;
+                }
+                answer_unwritten(batch, plans, self.planner.state.head);
+            }
             Err(e) => {
-                // `rows` holds what was inserted before the failure: committed only if
-                // the failure was the COMMIT's, which the recovery finds out.
+                // The COMMIT's outcome is unknown: the recovery finds out.
                 let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
                 let head = Head { size: head, root: self.planner.state.frontier.root() };
                 self.recover(Prepared { batch, plans, rows, head, ids }, e).await;
@@ -446,12 +500,9 @@ impl Writer {
     async fn replan_after_id_conflict(
         &mut self,
         batch: Vec<AppendRequest>,
-        carry: &mut std::collections::VecDeque<AppendRequest>,
+        carry: &mut VecDeque<AppendRequest>,
     ) {
-        for r in batch.into_iter().rev() {
-            carry.push_front(r);
-        }
-        self.planner.force_lookup = true;
+        requeue_front(carry, batch, true);
         if let Err(e) = self.reload().await {
             tracing::warn!(error = %e, "reloading the ledger state failed");
             self.conn = None;
@@ -648,10 +699,9 @@ impl Planner {
         // Look ids up where a retry must win over the revision check (non-`Any`
         // expectations), or for every request after an id conflict. Other retries surface
         // as a unique violation at commit, with nothing written, and are planned again.
-        let force = std::mem::take(&mut self.force_lookup);
         let ids: Vec<Uuid> = batch
             .iter()
-            .filter(|r| force || r.expected != ExpectedRevision::Any)
+            .filter(|r| r.look_up || r.expected != ExpectedRevision::Any)
             .flat_map(|r| r.events.iter().map(|e| e.event_id))
             .collect();
         let existing = if ids.is_empty() { HashMap::new() } else { load_existing(conn, &ids).await? };
@@ -696,7 +746,7 @@ impl Planner {
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_rng(rand_core::OsRng)
             .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
         for (ri, req) in batch.iter().enumerate() {
-            let plan = self.plan_one(ri, req, batch, &existing, &mut seen_in_batch, &mut tentative);
+            let plan = self.plan_one(req, batch, &existing, &mut seen_in_batch, &mut tentative);
             let plan = match plan {
                 Some(p) => p,
                 None => {
@@ -763,6 +813,17 @@ impl Planner {
         bases
     }
 
+    /// Forget cached stream heads, except those of streams written by the batch in flight
+    /// (not committed yet, so they could not be looked up).
+    fn trim_heads(&mut self, in_flight: Option<&Prepared>) {
+        let keep: HashMap<StreamId, (u64, Hash)> = in_flight
+            .into_iter()
+            .flat_map(|p| p.rows.iter())
+            .filter_map(|r| self.heads.get(r.event.stream_id()).map(|h| (r.event.stream_id().clone(), *h)))
+            .collect();
+        self.heads = keep;
+    }
+
     /// As if `rows` (ending at the frontier given) had committed.
     fn advance(&mut self, rows: &[NewRow], frontier: Frontier) {
         if let Some(last) = rows.last() {
@@ -777,7 +838,6 @@ impl Planner {
     /// Settle a request without writing (replay, conflict, revision mismatch), or None to write it.
     fn plan_one<'a>(
         &self,
-        ri: usize,
         req: &'a AppendRequest,
         batch: &[AppendRequest],
         existing: &HashMap<Uuid, Existing>,
@@ -845,7 +905,6 @@ impl Planner {
                 actual: current,
             }));
         }
-        let _ = ri;
         None
     }
 }
@@ -932,7 +991,7 @@ async fn commit_and_plan_next(
     rx: &mut mpsc::Receiver<Request>,
     p: &Prepared,
     batch: Vec<AppendRequest>,
-    carry: &mut std::collections::VecDeque<AppendRequest>,
+    carry: &mut VecDeque<AppendRequest>,
     rotation: &mut Option<RotateRequest>,
 ) -> (Result<(), StoreError>, Option<Prepared>) {
     let commit = async {
@@ -943,6 +1002,7 @@ async fn commit_and_plan_next(
     };
     tokio::pin!(commit);
     let (max_events, max_bytes) = (planner.config.max_batch_events, planner.config.max_batch_bytes);
+    let stats = Arc::clone(&planner.stats);
     let mut committed: Option<Result<(), StoreError>> = None;
     let mut next: Option<Prepared> = None;
     let mut taken_events: usize = batch.iter().map(|r| r.events.len()).sum();
@@ -955,14 +1015,19 @@ async fn commit_and_plan_next(
         if !pending.is_empty() {
             let prep = planner.prepare(std::mem::take(&mut pending));
             tokio::pin!(prep);
+            // The commit is polled first, so its statement is on its way before this plan
+            // signs (on this task).
             let planned = loop {
                 tokio::select! {
                     biased;
-                    n = &mut prep => break n,
                     c = &mut commit, if committed.is_none() => committed = Some(c),
+                    n = &mut prep => break n,
                 }
             };
             if let Some(n) = planned {
+                if next.is_some() {
+                    stats.merged_parts.fetch_add(1, Ordering::Relaxed);
+                }
                 merge_prepared(&mut next, n);
             }
         }
@@ -991,6 +1056,8 @@ async fn commit_and_plan_next(
                     });
                     if touches_uncommitted || taken_events + n > max_events || taken_bytes + b > max_bytes {
                         // Waits, in order, for the next gathering.
+                        let mut r = r;
+                        r.look_up |= touches_uncommitted;
                         carry.push_back(r);
                         open = false;
                         break;
@@ -1007,7 +1074,7 @@ async fn commit_and_plan_next(
             }
             incoming = rx.try_recv().ok();
         }
-        if committed.is_none() && incoming.is_none() && pending.is_empty() && !open {
+        if committed.is_none() && pending.is_empty() && !open {
             // Nothing more to plan: only the commit remains.
             return (commit.await, next);
         }
@@ -1075,6 +1142,20 @@ fn settle(p: Prepared, head: Option<u64>) {
     }
 }
 
+/// A planned batch was not written: replays and refusals stand (a replay reports `head`,
+/// the committed head, not the optimistic one it was planned at); writes fail, and
+/// retrying them is safe.
+fn answer_unwritten(batch: Vec<AppendRequest>, plans: Vec<Plan>, head: u64) {
+    for (req, plan) in batch.into_iter().zip(plans) {
+        let r = match plan {
+            Plan::Fail(e) => Err(e),
+            Plan::Replay(r) => Ok(AppendResult { head, ..r }),
+            _ => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
+        };
+        let _ = req.reply.send(r);
+    }
+}
+
 /// Nothing of this batch was written: tell every caller (retrying is safe).
 fn fail_all(batch: Vec<AppendRequest>) {
     for r in batch {
@@ -1094,16 +1175,7 @@ impl Writer {
                 self.head_tx.send_replace(head);
                 settle(p, Some(head.size));
             }
-            Some(false) => {
-                for (req, plan) in p.batch.into_iter().zip(p.plans) {
-                    let r = match plan {
-                        Plan::Fail(e) => Err(e),
-                        Plan::Replay(r) => Ok(r),
-                        _ => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
-                    };
-                    let _ = req.reply.send(r);
-                }
-            }
+            Some(false) => answer_unwritten(p.batch, p.plans, self.planner.state.head),
             None => {
                 for req in p.batch {
                     let _ = req.reply.send(Err(StoreError::OutcomeUnknown));

@@ -232,6 +232,8 @@ async fn retries_and_revisions_while_the_next_batch_gathers() {
     for t in tasks {
         t.await.unwrap();
     }
+    let stats = store.writer_stats();
+    assert!(stats.merged_parts > 0, "nothing arrived while a batch committed: {stats:?}");
     let expected_events = 1 + u64::from(TASKS) * ROUNDS * 3;
     assert_eq!(store.head().size, expected_events);
     for t in 0..TASKS {
@@ -874,10 +876,6 @@ async fn unknown_key_signature_is_detected() {
     resigned_after_rotation(|r| r.retired_at + 2, key_c(), FailureKind::UnknownKey).await;
 }
 
-/// The writer's connection is killed repeatedly under load; clients retry with the same
-/// event ids. Every event ends up stored exactly once, at the position its acknowledgement
-/// named, and the ledger verifies. (Which kills land between COMMIT and reply is up to
-/// chance here; `retry_after_the_reply_to_a_commit_was_lost` does that deterministically.)
 /// A large append with nothing else waiting is signed chunk by chunk while the chunks
 /// before are inserted, in one transaction: the events read back linked and verified as
 /// one append; a retry whose first chunk meets stored ids replays; an append whose last
@@ -891,6 +889,9 @@ async fn large_appends_stream_in_chunks() {
     let big: Vec<ProposedEvent> = (0..1500u32).map(|i| ev("bulk.event", &i.to_le_bytes())).collect();
     let first = store.append(&s, ExpectedRevision::NoStream, big.clone()).await.unwrap();
     assert_eq!(first.positions, (1..1501).collect::<Vec<u64>>());
+    let stats = store.writer_stats();
+    assert_eq!(stats.streamed_batches, 1, "{stats:?}");
+    assert!(stats.streamed_chunks >= 5, "1,500 events in chunks of 32, 64, 128, 256...: {stats:?}");
     assert_eq!(first.last_revision, 1499);
     let read = store.read_stream(&s, 0, Direction::Forwards, 2000).await.unwrap();
     assert_eq!(read.len(), 1500);
@@ -905,6 +906,7 @@ async fn large_appends_stream_in_chunks() {
     let again = store.append(&s, ExpectedRevision::Any, big.clone()).await.unwrap();
     assert_eq!(again.positions, first.positions);
     assert!(again.idempotent_replay);
+    assert_eq!(store.writer_stats().streamed_batches, 1, "the retry wrote nothing");
     // New events with one stored id at the end: earlier chunks were inserted before the
     // conflict, and roll back with the rest.
     let mut mixed: Vec<ProposedEvent> = (0..700u32).map(|i| ev("bulk.mixed", &i.to_le_bytes())).collect();
@@ -922,6 +924,7 @@ async fn large_appends_stream_in_chunks() {
     mixed.pop();
     let r = store.append(&s, ExpectedRevision::Exact(1499), mixed).await.unwrap();
     assert_eq!(r.positions, (1501..2201).collect::<Vec<u64>>());
+    assert_eq!(store.writer_stats().streamed_batches, 2, "{:?}", store.writer_stats());
 
     // Under connection kills: each append of 600 is retried until acknowledged.
     let (stop, killer) = spawn_writer_killer(db.pool().clone(), Duration::from_millis(60));
@@ -988,6 +991,10 @@ fn spawn_writer_killer(
     (stop, killer)
 }
 
+/// The writer's connection is killed repeatedly under load; clients retry with the same
+/// event ids. Every event ends up stored exactly once, at the position its acknowledgement
+/// named, and the ledger verifies. (Which kills land between COMMIT and reply is up to
+/// chance here; `retry_after_the_reply_to_a_commit_was_lost` does that deterministically.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_after_the_writer_connection_drops() {
     let (db, store) = open().await;
