@@ -33,7 +33,7 @@ pub(crate) const WRITER_LOCK: i64 = 0x4348_4c45_4447_4552;
 /// nothing else waits, are signed and inserted chunk by chunk (`Writer::stream_commit`).
 /// Smaller ones, and any when other requests wait, go through the pipeline, which signs
 /// the next batch while this one commits.
-const STREAM_MIN_EVENTS: usize = 512;
+const STREAM_MIN_EVENTS: usize = 64;
 /// NOTIFY channel carrying the new head after each commit.
 pub(crate) const NOTIFY_CHANNEL: &str = "chartledger_events";
 
