@@ -34,6 +34,9 @@ pub(crate) const WRITER_LOCK: i64 = 0x4348_4c45_4447_4552;
 /// Smaller ones, and any when other requests wait, go through the pipeline, which signs
 /// the next batch while this one commits.
 const STREAM_MIN_EVENTS: usize = 64;
+/// Up to this many events are signed on the writer's task itself, one after the other,
+/// without `block_in_place` or rayon.
+const SIGN_INLINE_EVENTS: usize = 4;
 /// NOTIFY channel carrying the new head after each commit.
 pub(crate) const NOTIFY_CHANNEL: &str = "chartledger_events";
 
@@ -665,7 +668,14 @@ impl Planner {
         let mut bases = self.chain_bases(&drafts);
         let mut frontier = self.state.frontier.clone();
         let key = Arc::clone(&self.key);
-        match crate::cpu_bound(|| sign_drafts(drafts, &key, now, &mut bases, &mut frontier)) {
+        // A few signatures (about 15 µs each) are not worth moving this worker's other
+        // tasks away for (`block_in_place`).
+        let signed = if drafts.len() <= SIGN_INLINE_EVENTS {
+            sign_drafts(drafts, &key, now, &mut bases, &mut frontier)
+        } else {
+            crate::cpu_bound(|| sign_drafts(drafts, &key, now, &mut bases, &mut frontier))
+        };
+        match signed {
             Ok(rows) => {
                 self.state.last_micros = now.as_micros();
                 Some(self.prepared(batch, plans, rows, frontier))
@@ -1246,9 +1256,7 @@ fn sign_drafts(
     let chains: Vec<(Option<Hash>, Vec<usize>)> =
         chains.into_iter().map(|(s, v)| (bases.get(s).copied().flatten(), v)).collect();
     let key_id = key.key_id();
-    let signed: Vec<Vec<(usize, Result<SignedEvent, ledger::LedgerError>)>> = chains
-        .par_iter()
-        .map(|(base, idxs)| {
+    let sign_chain = |(base, idxs): &(Option<Hash>, Vec<usize>)| -> Vec<(usize, Result<SignedEvent, ledger::LedgerError>)> {
             let mut prev = *base;
             idxs.iter()
                 .map(|&i| {
@@ -1276,8 +1284,14 @@ fn sign_drafts(
                     (i, r)
                 })
                 .collect()
-        })
-        .collect();
+        };
+    // One chain, or a few events: nothing to gain from rayon's threads.
+    let signed: Vec<Vec<(usize, Result<SignedEvent, ledger::LedgerError>)>> =
+        if chains.len() <= 1 || drafts.len() <= SIGN_INLINE_EVENTS {
+            chains.iter().map(sign_chain).collect()
+        } else {
+            chains.par_iter().map(sign_chain).collect()
+        };
     let mut events: Vec<Option<SignedEvent>> = vec![None; drafts.len()];
     for (i, r) in signed.into_iter().flatten() {
         // Signing only fails on invalid input, which validation already excluded.
