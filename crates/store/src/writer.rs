@@ -477,14 +477,15 @@ impl Writer {
             }
             Err(e) if !commit_sent => {
                 // Nothing was committed (the transaction rolls back when the connection is
-                // next used). The planner's state never moved past this batch. Keep the
-                // connection, and the ledger lock, if it still answers.
+                // next used). Keep the connection, and the ledger lock, if it still
+                // answers, and reload the state from it in case the failure showed that it
+                // differs from the database (the state never moved past this batch).
                 tracing::warn!(error = %e, events = head - self.planner.state.head, "streamed batch failed before commit");
                 let alive = match self.conn.as_mut() {
                     Some(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
                     None => false,
                 };
-                if !alive {
+                if !alive || self.reload().await.is_err() {
                     self.conn = None;
                 }
                 answer_unwritten(batch, plans, self.planner.state.head);
@@ -707,8 +708,9 @@ impl Planner {
         let conn = self.lookup.as_mut().ok_or(StoreError::Closed)?;
         // Idempotency: which ids already exist?
         // Look ids up where a retry must win over the revision check (non-`Any`
-        // expectations), or for every request after an id conflict. Other retries surface
-        // as a unique violation at commit, with nothing written, and are planned again.
+        // expectations), and for requests marked `look_up` (held back for an uncommitted
+        // id, or re-queued after an id conflict). Other retries surface as a unique
+        // violation at commit, with nothing written, and are planned again.
         let ids: Vec<Uuid> = batch
             .iter()
             .filter(|r| r.look_up || r.expected != ExpectedRevision::Any)

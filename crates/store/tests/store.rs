@@ -933,31 +933,71 @@ async fn large_appends_stream_in_chunks() {
     for round in 0..8u32 {
         let batch: Vec<ProposedEvent> =
             (0..600u32).map(|i| ev("bulk.kill", &(round * 1000 + i).to_le_bytes())).collect();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match store.append(&stream(7001), ExpectedRevision::Any, batch.clone()).await {
-                Ok(r) => {
-                    acked.push((batch.iter().map(|e| e.event_id).collect(), r.positions));
-                    failures += u32::from(tries > 1);
-                    break;
-                }
-                Err(StoreError::Database(_) | StoreError::OutcomeUnknown) if tries < 2000 => {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(e) => panic!("unexpected: {e:?}"),
-            }
-        }
+        let (positions, tries) = append_until_acknowledged(&store, &stream(7001), &batch).await;
+        acked.push((batch.iter().map(|e| e.event_id).collect(), positions));
+        failures += u32::from(tries > 1);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let kills = killer.await.unwrap();
     assert!(kills > 0, "the writer connection was never killed: the test proved nothing");
     println!("{kills} kills, {failures} appends failed at least once");
+    assert_exactly_acknowledged(&store, 2201 + 8 * 600, &acked).await;
+}
+
+/// Statements of streamed batches cancelled again and again (`pg_cancel_backend`): a
+/// batch that fails before its COMMIT leaves nothing behind and is answered as unwritten,
+/// the writer keeps its connection, and retries get every append in whole, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_streamed_batches_leave_nothing_and_retry_cleanly() {
+    let (db, store) = open().await;
+    let (stop, hitter) =
+        spawn_writer_hitter(db.pool().clone(), Duration::from_millis(3), "pg_cancel_backend");
+    let mut acked: Vec<(Vec<Uuid>, Vec<u64>)> = Vec::new();
+    let mut failed_attempts = 0u32;
+    for round in 0..40u32 {
+        let batch: Vec<ProposedEvent> =
+            (0..200u32).map(|i| ev("bulk.cancel", &(round * 1000 + i).to_le_bytes())).collect();
+        let (positions, tries) = append_until_acknowledged(&store, &stream(7100 + round % 3), &batch).await;
+        acked.push((batch.iter().map(|e| e.event_id).collect(), positions));
+        failed_attempts += tries - 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cancels = hitter.await.unwrap();
+    println!("{cancels} cancels, {failed_attempts} failed attempts");
+    assert!(cancels > 0, "the writer was never cancelled: the test proved nothing");
+    assert!(store.writer_stats().streamed_batches >= 40, "{:?}", store.writer_stats());
+    assert_exactly_acknowledged(&store, 1 + 40 * 200, &acked).await;
+}
+
+/// Append `batch` with `Any`, retrying (same event ids) after database errors and unknown
+/// outcomes; answers the positions and the number of attempts.
+async fn append_until_acknowledged(
+    store: &EventStore,
+    s: &StreamId,
+    batch: &[ProposedEvent],
+) -> (Vec<u64>, u32) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match store.append(s, ExpectedRevision::Any, batch.to_vec()).await {
+            Ok(r) => return (r.positions, tries),
+            Err(StoreError::Database(_) | StoreError::OutcomeUnknown) if tries < 2000 => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => panic!("unexpected: {e:?}"),
+        }
+    }
+}
+
+/// The ledger holds `total` events: each acknowledged append whole at the positions its
+/// answer named, nothing twice, nothing else (no part of an unacknowledged append); and
+/// it verifies.
+async fn assert_exactly_acknowledged(store: &EventStore, total: u64, acked: &[(Vec<Uuid>, Vec<u64>)]) {
     let all = store.read_all(0, 20_000, &AllFilter::default()).await.unwrap();
-    assert_eq!(all.len() as u64, 2201 + 8 * 600, "exactly the acknowledged appends are stored");
+    assert_eq!(all.len() as u64, total, "exactly the acknowledged appends are stored");
     let by_id: HashMap<Uuid, u64> = all.iter().map(|e| (e.event.event_id(), e.position)).collect();
     assert_eq!(by_id.len(), all.len(), "no event stored twice");
-    for (ids, positions) in &acked {
+    for (ids, positions) in acked {
         let found: Vec<u64> = ids.iter().map(|id| by_id[id]).collect();
         assert_eq!(&found, positions, "an acknowledged append is whole at its positions");
     }
@@ -972,16 +1012,26 @@ fn spawn_writer_killer(
     pool: sqlx::PgPool,
     every: Duration,
 ) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<i64>) {
+    spawn_writer_hitter(pool, every, "pg_terminate_backend")
+}
+
+/// Calls `function` (`pg_terminate_backend` or `pg_cancel_backend`) on the writer's
+/// connection every `every` until the flag is set; answers how many calls succeeded.
+fn spawn_writer_hitter(
+    pool: sqlx::PgPool,
+    every: Duration,
+    function: &'static str,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<i64>) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let killer = tokio::spawn(async move {
         let mut kills = 0;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(every).await;
-            let r: Result<i64, _> = sqlx::query_scalar(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE l.locktype = 'advisory' AND a.datname = current_database() AND a.pid <> pg_backend_pid()",
-            )
+            let r: Result<i64, _> = sqlx::query_scalar(&format!(
+                "SELECT count(*) FILTER (WHERE {function}(pid)) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND a.datname = current_database() AND a.pid <> pg_backend_pid()"
+            ))
             .fetch_one(&pool)
             .await;
             kills += r.unwrap_or(0);
