@@ -136,8 +136,10 @@ impl EventStore {
         if config.run_migrations {
             Self::migrate(&pool).await?;
         }
-        let connect = pool.connect_options().as_ref().clone();
-        let (conn, state) = writer::connect_writer(&connect, None).await?;
+        // Named for operators (`pg_stat_activity.application_name`).
+        let writer_connect = pool.connect_options().as_ref().clone().application_name("chartledger-writer");
+        let connect = pool.connect_options().as_ref().clone().application_name("chartledger-planner");
+        let (conn, state) = writer::connect_writer(&writer_connect, None).await?;
         let key = Arc::new(key);
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (head_tx, head_rx) = watch::channel(Head { size: state.head, root: state.frontier.root() });
@@ -145,7 +147,7 @@ impl EventStore {
         let stats = Arc::new(writer::Counters::default());
         let mut w = writer::Writer {
             conn: Some(conn),
-            connect: connect.clone(),
+            connect: writer_connect,
             rx,
             head_tx,
             key_tx,

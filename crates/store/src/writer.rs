@@ -637,25 +637,37 @@ impl Planner {
         &mut self,
         batch: Vec<AppendRequest>,
     ) -> Option<(Vec<AppendRequest>, Vec<Plan>, Vec<Draft>)> {
-        if self.lookup.is_none() {
-            match connect_session(&self.connect).await {
-                Ok(c) => self.lookup = Some(c),
+        // A look-up connection that broke since its last use (say, the server restarted)
+        // is replaced once before the batch is failed. Drafting twice is harmless: it only
+        // reads, and caches the stream heads it read.
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            if self.lookup.is_none() {
+                match connect_session(&self.connect).await {
+                    Ok(c) => self.lookup = Some(c),
+                    Err(e) => {
+                        last_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            match self.draft(&batch).await {
+                Ok((plans, drafts)) => return Some((batch, plans, drafts)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "writer cannot reach the database");
-                    fail_all(batch);
-                    return None;
+                    self.lookup = None;
+                    let broken = matches!(&e, StoreError::Database(d) if is_connection_error(d));
+                    last_error = Some(e);
+                    if !broken {
+                        break;
+                    }
                 }
             }
         }
-        match self.draft(&batch).await {
-            Ok((plans, drafts)) => Some((batch, plans, drafts)),
-            Err(e) => {
-                tracing::warn!(error = %e, "append planning failed");
-                self.lookup = None;
-                fail_all(batch);
-                None
-            }
+        if let Some(e) = last_error {
+            tracing::warn!(error = %e, "append planning failed");
         }
+        fail_all(batch);
+        None
     }
 
     /// Sign the drafts and move the optimistic state past them, as if they had committed.
@@ -1114,6 +1126,19 @@ fn merge_prepared(a: &mut Option<Prepared>, b: Prepared) {
     a.head = b.head;
 }
 
+/// Did the connection itself fail (rather than the statement)? I/O and protocol errors,
+/// and the server's own: connection exceptions (SQLSTATE class 08) and operator
+/// intervention such as `pg_terminate_backend` or a shutdown (57P01-57P03).
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
+            true
+        }
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
 /// Did the commit fail only because an event id is already stored (a retry of an event
 /// planned without a look-up)? Then nothing was written.
 fn is_event_id_conflict(e: &StoreError) -> bool {
@@ -1185,6 +1210,7 @@ impl Writer {
             Some(true) => {
                 let head = Head { size: self.planner.state.head, root: self.planner.state.frontier.root() };
                 self.head_tx.send_replace(head);
+                self.planner.stats.batches.fetch_add(1, Ordering::Relaxed);
                 settle(p, Some(head.size));
             }
             Some(false) => answer_unwritten(p.batch, p.plans, self.planner.state.head),

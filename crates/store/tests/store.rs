@@ -944,6 +944,38 @@ async fn large_appends_stream_in_chunks() {
     assert_exactly_acknowledged(&store, 2201 + 8 * 600, &acked).await;
 }
 
+/// The writer plans on a second connection (`chartledger-planner`). When that connection
+/// breaks between batches (a server restart, an administrator), the next append is
+/// planned on a new one instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_planning_connection_is_replaced() {
+    let (db, store) = open().await;
+    let s = stream(7200);
+    store.append(&s, ExpectedRevision::NoStream, vec![ev("plan.one", b"1")]).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name LIKE 'chartledger-%' ORDER BY 1",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(names, vec!["chartledger-planner", "chartledger-writer"]);
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'chartledger-planner'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(killed, 1);
+    // Looks up the stream head (new stream) and the ids (`Exact`) on the planning connection.
+    let r =
+        store.append(&stream(7201), ExpectedRevision::NoStream, vec![ev("plan.two", b"2")]).await.unwrap();
+    assert_eq!(r.positions, vec![2]);
+    let r = store.append(&s, ExpectedRevision::Exact(0), vec![ev("plan.three", b"3")]).await.unwrap();
+    assert_eq!(r.positions, vec![3]);
+}
+
 /// Statements of streamed batches cancelled again and again (`pg_cancel_backend`): a
 /// batch that fails before its COMMIT leaves nothing behind and is answered as unwritten,
 /// the writer keeps its connection, and retries get every append in whole, once.
