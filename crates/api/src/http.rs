@@ -97,6 +97,7 @@ async fn metrics(State(h): State<Http>) -> Response {
     if let Ok(lag) = h.state.projections.lag().await {
         h.state.metrics.projection_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
+    h.state.metrics.store_writer(h.state.store.writer_stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.state.metrics.render()).into_response()
 }
 

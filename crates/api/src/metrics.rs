@@ -2,7 +2,7 @@
 //! patient id, a user name or anything a request carried.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone, Debug)]
@@ -15,6 +15,8 @@ pub struct Metrics {
     pub projection_lag: IntGauge,
     /// Entry lists reused or kept (`graphql/resolved.rs`).
     pub entry_lists: IntCounterVec,
+    /// The event store writer's counters (`EventStore::writer_stats`), copied at each scrape.
+    store_writer: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -51,6 +53,15 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let store_writer = IntGaugeVec::new(
+            Opts::new(
+                "store_writer",
+                "Event store writer since the process started: batches committed, parts merged into a \
+                 batch while the one before committed, batches streamed in chunks, chunk statements",
+            ),
+            &["counter"],
+        )
+        .expect("valid metric");
         let projection_lag =
             IntGauge::new("projection_lag_events", "Events the read models are behind the ledger")
                 .expect("valid metric");
@@ -61,10 +72,23 @@ impl Metrics {
             Box::new(access_events.clone()),
             Box::new(projection_lag.clone()),
             Box::new(entry_lists.clone()),
+            Box::new(store_writer.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
-        Self { registry, requests, latency, denied, access_events, projection_lag, entry_lists }
+        Self { registry, requests, latency, denied, access_events, projection_lag, entry_lists, store_writer }
+    }
+
+    /// Copy the store writer's counters.
+    pub fn store_writer(&self, s: store::WriterStats) {
+        for (name, v) in [
+            ("batches", s.batches),
+            ("merged_parts", s.merged_parts),
+            ("streamed_batches", s.streamed_batches),
+            ("streamed_chunks", s.streamed_chunks),
+        ] {
+            self.store_writer.with_label_values(&[name]).set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn request(&self, outcome: &str, seconds: f64) {

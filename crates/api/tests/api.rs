@@ -674,6 +674,11 @@ async fn errors_logs_and_urls_carry_no_phi() {
     // Metrics carry no patient data.
     let metrics = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("chartledger_graphql_requests_total"));
+    let batches = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chartledger_store_writer{counter=\"batches\"} "))
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    assert!(batches.is_some_and(|b| b > 0), "the writer's batches are counted: {batches:?}");
     assert!(!metrics.contains("Qwertyphi") && !metrics.contains(&p.to_string()));
     assert_eq!(s.http.get(format!("{}/healthz", s.url)).send().await.unwrap().text().await.unwrap(), "ok");
     assert_eq!(s.http.get(format!("{}/readyz", s.url)).send().await.unwrap().text().await.unwrap(), "ready");
