@@ -263,6 +263,8 @@ fn main() {
             if only_paced { &[] } else { &[(1, 1), (16, 1), (64, 1), (1, 100), (4, 100), (1, 1000), (2, 1000)] };
         // BENCH_SCENARIOS=64x1,1x1000 runs only those rows (for profiling one load).
         let picked = std::env::var("BENCH_SCENARIOS").ok();
+        // BENCH_SKIP_RAW=1: the store's rows alone (for profiling).
+        let skip_raw = std::env::var_os("BENCH_SKIP_RAW").is_some();
         for &(clients, batch) in scenarios {
             if picked.as_ref().is_some_and(|p| !p.split(',').any(|s| s == format!("{clients}x{batch}"))) {
                 continue;
@@ -271,8 +273,6 @@ fn main() {
             checkpoint(&pool).await;
             let mut s = run_store(&store, clients, batch, d, offset).await;
             checkpoint(&pool).await;
-            // BENCH_SKIP_RAW=1: the store's rows alone (for profiling).
-            let skip_raw = std::env::var_os("BENCH_SKIP_RAW").is_some();
             let mut r = run_raw(&pool, clients, batch, if skip_raw { Duration::ZERO } else { d }, &row, offset).await;
             offset += clients;
             println!(

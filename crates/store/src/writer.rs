@@ -144,6 +144,14 @@ struct Prepared {
     ids: HashSet<Uuid>,
 }
 
+impl Prepared {
+    /// `ids`: every event id of the batch's requests.
+    fn new(batch: Vec<AppendRequest>, plans: Vec<Plan>, rows: Vec<NewRow>, head: Head) -> Self {
+        let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
+        Self { batch, plans, rows, head, ids }
+    }
+}
+
 /// Connect, take the writer lock (waiting for another writer to go away; with
 /// `lock_timeout`, at most that long), load the state.
 pub(crate) async fn connect_writer(
@@ -492,9 +500,8 @@ impl Writer {
             }
             Err(e) => {
                 // The COMMIT's outcome is unknown: the recovery finds out.
-                let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
                 let head = Head { size: head, root: self.planner.state.frontier.root() };
-                self.recover(Prepared { batch, plans, rows, head, ids }, e).await;
+                self.recover(Prepared::new(batch, plans, rows, head), e).await;
             }
         }
     }
@@ -709,10 +716,9 @@ impl Planner {
         rows: Vec<NewRow>,
         frontier: Frontier,
     ) -> Prepared {
-        let ids = batch.iter().flat_map(|r| r.events.iter().map(|e| e.event_id)).collect();
         self.advance(&rows, frontier);
         let head = Head { size: self.state.head, root: self.state.frontier.root() };
-        Prepared { batch, plans, rows, head, ids }
+        Prepared::new(batch, plans, rows, head)
     }
 
     /// Validate every request and assign positions and revisions to the new events.
