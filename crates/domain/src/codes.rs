@@ -159,10 +159,16 @@ pub fn text(s: &str, max: usize, field: &'static str) -> Result<(), DomainError>
     if s.chars().count() > max {
         return Err(DomainError::TooLong { field, max });
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+    if s.chars().any(|c| (c.is_control() && c != '\n' && c != '\t' && c != '\r') || is_bidi_control(c)) {
         return Err(DomainError::MalformedValue { field });
     }
     Ok(())
+}
+
+/// Unicode's bidirectional formatting characters (UAX #9): invisible, and able to make
+/// a name or note display as something other than what is stored (U+202E reverses it).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn all_digits(s: &str) -> bool {

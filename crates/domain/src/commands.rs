@@ -102,6 +102,7 @@ pub fn decide(chart: &Chart, cmd: Command, now: Timestamp) -> Result<DomainEvent
         if p.patient_id != chart.patient_id {
             return Err(DomainError::MalformedValue { field: "patient_id" });
         }
+        new_id(p.patient_id, "patient_id")?;
         validate_registration(&p, now)?;
         return Ok(DomainEvent::PatientRegistered(p));
     }
@@ -136,6 +137,7 @@ pub fn decide(chart: &Chart, cmd: Command, now: Timestamp) -> Result<DomainEvent
             if chart.entries.contains_key(&entry_id) {
                 return Err(DomainError::DuplicateEntry);
             }
+            new_id(entry_id, "entry_id")?;
             validate_content(&content)?;
             validate_effective(effective_at, now)?;
             DomainEvent::EntryRecorded(EntryRecorded { entry_id, content, effective_at })
@@ -152,6 +154,7 @@ pub fn decide(chart: &Chart, cmd: Command, now: Timestamp) -> Result<DomainEvent
             if chart.entries.contains_key(&amendment_id) || resolve_entry(chart, amendment_id).is_ok() {
                 return Err(DomainError::DuplicateEntry);
             }
+            new_id(amendment_id, "amendment_id")?;
             text(&reason, 1000, "reason")?;
             validate_content(&content)?;
             validate_effective(effective_at, now)?;
@@ -176,6 +179,7 @@ pub fn decide(chart: &Chart, cmd: Command, now: Timestamp) -> Result<DomainEvent
             if chart.consent.versions.iter().any(|v| v.consent_id == consent_id) {
                 return Err(DomainError::DuplicateConsent);
             }
+            new_id(consent_id, "consent_id")?;
             validate_effective(given_at, now)?;
             let supersedes = chart.consent.current().map(|c| c.consent_id);
             DomainEvent::ConsentRecorded(ConsentRecorded {
@@ -218,6 +222,7 @@ pub fn decide(chart: &Chart, cmd: Command, now: Timestamp) -> Result<DomainEvent
             if chart.appointments.contains_key(&appointment_id) {
                 return Err(DomainError::DuplicateAppointment);
             }
+            new_id(appointment_id, "appointment_id")?;
             validate_slot(start, end, now)?;
             DomainEvent::AppointmentScheduled(AppointmentScheduled {
                 appointment_id,
@@ -241,6 +246,15 @@ pub fn decide(chart: &Chart, cmd: Command, now: Timestamp) -> Result<DomainEvent
             DomainEvent::AppointmentCompleted(AppointmentCompleted { appointment_id })
         }
     })
+}
+
+/// Ids of new things (patients, entries, amendments, consents, appointments) are chosen
+/// by the client and must be UUIDv7 (RFC 9562): nil, v4 and the rest are refused.
+fn new_id(id: Uuid, field: &'static str) -> Result<(), DomainError> {
+    if id.get_version_num() != 7 || id.get_variant() != uuid::Variant::RFC4122 {
+        return Err(DomainError::MalformedValue { field });
+    }
+    Ok(())
 }
 
 /// The original entry of `id`, which may name the entry or one of its amendments.

@@ -570,6 +570,10 @@ pub enum LoginFailure {
     BadMfaCode,
     Locked,
     Deactivated,
+    /// The password was right, but the user holds several roles and named none.
+    RoleRequired,
+    /// The password was right, but the user does not hold the role named.
+    RoleNotHeld,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

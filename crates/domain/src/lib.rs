@@ -15,6 +15,7 @@ pub mod codes;
 pub mod commands;
 pub mod error;
 pub mod events;
+mod retry;
 mod serde_time;
 pub mod sim;
 pub mod streams;
