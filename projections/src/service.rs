@@ -68,6 +68,14 @@ pub struct Executed {
     pub idempotent_replay: bool,
 }
 
+/// What a command sent again must match to be answered as a retry.
+#[derive(Clone, Copy)]
+struct Retry<'a> {
+    actor: &'a Actor,
+    command: &'a Command,
+    times_given: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct Records {
     store: EventStore,
@@ -108,7 +116,9 @@ impl Records {
     }
 
     /// Validate and append `command` for `patient_id` as `actor`. `event_id` is the
-    /// client's UUIDv7: sending the same command again with it is safe.
+    /// client's UUIDv7: sending the same command again with it is safe, and answers the
+    /// original result; sending a different one with it is refused
+    /// ([`RecordsError::IdempotencyConflict`], see [`Command::is_retry_of`]).
     pub async fn execute(
         &self,
         patient_id: Uuid,
@@ -116,9 +126,23 @@ impl Records {
         event_id: Uuid,
         command: Command,
     ) -> Result<Executed, RecordsError> {
+        self.execute_retryable(patient_id, actor, event_id, command, true).await
+    }
+
+    /// [`Records::execute`], where `times_given: false` says the command's effective or
+    /// given time was filled in by the server (a retry's differs, and is not compared).
+    pub async fn execute_retryable(
+        &self,
+        patient_id: Uuid,
+        actor: Actor,
+        event_id: Uuid,
+        command: Command,
+        times_given: bool,
+    ) -> Result<Executed, RecordsError> {
         ledger::ids::validate_event_id(event_id).map_err(StoreError::from)?;
         let stream = streams::patient(patient_id);
-        if let Some(done) = self.replayed(&stream, event_id).await? {
+        let retry = Retry { actor: &actor, command: &command, times_given };
+        if let Some(done) = self.replayed(&stream, event_id, Some(retry)).await? {
             return Ok(done);
         }
         let _serialized = self.lock_for(patient_id).lock().await;
@@ -134,7 +158,7 @@ impl Records {
                 Ok(event) => event,
                 Err(refused) => {
                     // A retry racing its own first attempt: answer the original result.
-                    if let Some(done) = self.replayed(&stream, event_id).await? {
+                    if let Some(done) = self.replayed(&stream, event_id, Some(retry)).await? {
                         return Ok(done);
                     }
                     return Err(refused.into());
@@ -217,11 +241,29 @@ impl Records {
         })
     }
 
-    /// The original result if `event_id` is already stored in `stream`.
-    async fn replayed(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<Executed>, RecordsError> {
+    /// The original result if `event_id` is already stored in `stream` (and, given
+    /// `retry`, is what that command asks for: else a conflict).
+    async fn replayed(
+        &self,
+        stream: &StreamId,
+        event_id: Uuid,
+        retry: Option<Retry<'_>>,
+    ) -> Result<Option<Executed>, RecordsError> {
         let Some(found) = self.store.event_by_id(event_id).await? else { return Ok(None) };
         if found.event.stream_id() != stream {
             return Err(RecordsError::IdempotencyConflict);
+        }
+        if let Some(retry) = retry {
+            let body = found.event.body();
+            // An erased payload cannot be compared: not taken for a retry.
+            let stored = found.payload.as_ref().and_then(|p| {
+                DomainEvent::decode(body.event_type.as_str(), body.schema_version, p.bytes()).ok()
+            });
+            let same = body.actor == *retry.actor
+                && stored.is_some_and(|s| retry.command.is_retry_of(&s, retry.times_given));
+            if !same {
+                return Err(RecordsError::IdempotencyConflict);
+            }
         }
         let event_type = domain::events::CATALOG
             .iter()
