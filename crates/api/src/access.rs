@@ -151,6 +151,25 @@ impl AccessCollector {
     /// commit takes them in one transaction). Any failure fails the whole request.
     pub async fn flush(&self, state: &AppState, req: &RequestCtx) -> ApiResult<usize> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        Self::write(pending, state, req).await
+    }
+
+    /// Write the accesses collected so far for one patient now (before a write to the
+    /// record: see `graphql::execute`).
+    pub async fn flush_patient(&self, state: &AppState, req: &RequestCtx, patient: Uuid) -> ApiResult<usize> {
+        let taken = {
+            let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<_> = map.keys().filter(|(p, _)| *p == patient).copied().collect();
+            keys.into_iter().filter_map(|k| map.remove(&k).map(|v| (k, v))).collect::<BTreeMap<_, _>>()
+        };
+        Self::write(taken, state, req).await
+    }
+
+    async fn write(
+        pending: BTreeMap<(Uuid, AccessAction), Pending>,
+        state: &AppState,
+        req: &RequestCtx,
+    ) -> ApiResult<usize> {
         if pending.is_empty() {
             return Ok(0);
         }
@@ -201,7 +220,7 @@ pub async fn authorize<'a>(
     let p = req.principal()?;
     let break_glass = match check(state, req, p, op, patient, CareTeamFrom::of(op)).await {
         Ok(bg) => bg,
-        Err(e @ (ApiError::Forbidden | ApiError::ConsentRequired)) => {
+        Err(e @ (ApiError::Forbidden | ApiError::ConsentRequired | ApiError::BreakGlassRequired)) => {
             deny(state, req, p, op, patient, e.code()).await;
             return Err(e);
         }
@@ -231,7 +250,7 @@ pub async fn may_list(state: &AppState, req: &RequestCtx, p: &Principal, patient
     // team table directly rather than load each chart.
     match check(state, req, p, Operation::ReadDemographics, Some(patient), CareTeamFrom::Table).await {
         Ok(_) => Ok(true),
-        Err(ApiError::Forbidden | ApiError::ConsentRequired) => Ok(false),
+        Err(ApiError::Forbidden | ApiError::ConsentRequired | ApiError::BreakGlassRequired) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -306,6 +325,12 @@ async fn check(
             }
         }
     }
+    // Emergency access is break-glass access: declared without a grant, it is refused
+    // before anything is read or written (its access event could not be recorded).
+    let emergency = req.declared_purpose == Some(PurposeOfUse::Emergency);
+    if emergency && break_glass.is_none() && patient.is_some() && op.audited_as().is_some() {
+        return Err(ApiError::BreakGlassRequired);
+    }
     if let (Some(patient), Some(needed)) = (patient, policy::consent_needed(req.purpose(p))) {
         if op.touches_record() && break_glass.is_none() {
             let current = state.read.consent_history(patient).await?;
@@ -341,9 +366,20 @@ async fn deny(
     }
 }
 
-/// Wait until the read models have applied `position` (read-your-writes).
+/// Wait until the read models have applied `position` (read-your-writes). A position
+/// the ledger has not reached is refused at once (`request.position_beyond_head`), not
+/// waited for: no write acknowledged to anyone can have it. (This server's view of the
+/// head may lag a write another server committed, so the database decides.)
 pub async fn wait_for(state: &AppState, position: Option<u64>) -> ApiResult<()> {
     if let Some(position) = position {
+        if position >= state.store.head().size {
+            let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(position) + 1, 0) FROM ledger_events")
+                .fetch_one(state.store.pool())
+                .await?;
+            if position >= u64::try_from(head).unwrap_or(0) {
+                return Err(ApiError::InvalidInput { code: "request.position_beyond_head" });
+            }
+        }
         state.projections.wait_for(position, state.config.max_wait).await?;
     }
     Ok(())

@@ -45,8 +45,15 @@ pub struct ApiConfig {
     pub tls_key: Option<PathBuf>,
     /// Trust `X-Forwarded-For` for the client address (behind a reverse proxy only).
     pub trust_forwarded_for: bool,
-    /// Serve GraphiQL at `/`.
+    /// Serve GraphiQL at `/` (development only: its scripts come from a public CDN, see
+    /// the README). Turns introspection on too.
     pub graphiql: bool,
+    /// Answer introspection queries (`__schema`, `__type`). Off in production: the
+    /// committed SDL is the schema's documentation.
+    pub introspection: bool,
+    /// Serve `/metrics` (Prometheus). Off by default; where on, reach it only from the
+    /// monitoring network (it needs no login and shows request counts and timings).
+    pub metrics: bool,
     /// Memory for current charts kept between reads, in MiB (about; 0 keeps none). Each
     /// read still checks its chart against the read model (`ReadModels::current_chart`).
     pub chart_cache_mib: u64,
@@ -70,7 +77,9 @@ impl Default for ApiConfig {
             tls_cert: None,
             tls_key: None,
             trust_forwarded_for: false,
-            graphiql: true,
+            graphiql: false,
+            introspection: false,
+            metrics: false,
             chart_cache_mib: 256,
         }
     }

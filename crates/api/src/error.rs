@@ -17,6 +17,8 @@ pub enum ApiError {
     Locked,
     Forbidden,
     ConsentRequired,
+    /// Purpose `emergency` declared without a live break-glass grant for the record.
+    BreakGlassRequired,
     NotFound,
     InvalidInput {
         code: &'static str,
@@ -44,6 +46,7 @@ impl ApiError {
             Self::Locked => "auth.locked",
             Self::Forbidden => "authz.forbidden",
             Self::ConsentRequired => "authz.consent_required",
+            Self::BreakGlassRequired => "authz.break_glass_required",
             Self::NotFound => "not_found",
             Self::InvalidInput { code } | Self::Refused { code } | Self::Internal { code } => code,
             Self::NotCaughtUp => "projection.timeout",
@@ -63,6 +66,7 @@ impl ApiError {
             Self::Locked => "the account is locked; try again later",
             Self::Forbidden => "not allowed",
             Self::ConsentRequired => "the patient's consent does not cover this purpose of use",
+            Self::BreakGlassRequired => "emergency access needs a break-glass grant for this record first",
             Self::NotFound => "not found",
             Self::InvalidInput { .. } => "invalid input",
             Self::Refused { .. } => "the command was refused",

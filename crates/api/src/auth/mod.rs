@@ -3,7 +3,14 @@
 //! logoff) or an absolute lifetime, lock-out after repeated failures, and break-glass
 //! grants. Every login success or failure, MFA challenge, logout and automatic logoff is
 //! a signed event in `$security` before the caller gets an answer.
+//!
+//! Account existence does not show: an unknown user name, a wrong password and a locked
+//! account get the same answer (`auth.invalid_credentials`) after the same work (one
+//! argon2 verification, off the async threads). Only after a correct password does an
+//! answer say more (`auth.role_required`; `auth.locked` for a second factor on a locked
+//! account). Attempts are counted before they are checked ([`lockout`]).
 
+pub mod lockout;
 pub mod password;
 pub mod totp;
 
@@ -174,13 +181,10 @@ fn principal_from(row: &sqlx::postgres::PgRow) -> ApiResult<Principal> {
     })
 }
 
-/// Check a password against its PHC string off the async threads (argon2 is slow by
-/// design).
-async fn verify_password(password: &str, phc: String) -> ApiResult<bool> {
-    let pw = password.to_owned();
-    tokio::task::spawn_blocking(move || password::verify(&pw, &phc))
-        .await
-        .map_err(|e| ApiError::internal("auth.hash", &e))
+/// Check a password against its PHC string (or, with `None`, do the same work and
+/// answer false) off the async threads (argon2 is slow by design).
+async fn verify_password(password: &str, phc: Option<String>) -> ApiResult<bool> {
+    password::verify_off_thread(password, phc).await.map_err(|e| ApiError::internal("auth.hash", &e))
 }
 
 impl Auth {
@@ -206,7 +210,10 @@ impl Auth {
         if !password::acceptable(password) {
             return Err(ApiError::InvalidInput { code: "auth.weak_password" });
         }
-        let phc = password::hash(password).map_err(|e| ApiError::internal("auth.hash", &e))?;
+        let phc = password::hash_off_thread(password)
+            .await
+            .map_err(|e| ApiError::internal("auth.hash", &e))?
+            .map_err(|e| ApiError::internal("auth.hash", &e))?;
         sqlx::query(
             "INSERT INTO auth_credentials (user_id, username, password_hash, must_change_password) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, \
@@ -241,30 +248,34 @@ impl Auth {
     ) -> ApiResult<LoginOutcome> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(
-            "SELECT user_id, password_hash, mfa_enrolled, locked_until, must_change_password FROM auth_credentials WHERE username = $1",
+            "SELECT user_id, password_hash, mfa_enrolled, must_change_password FROM auth_credentials WHERE username = $1",
         )
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
             // Same work as for a real user, then the same answer.
-            let _ = password::verify(password, password::dummy_hash());
+            verify_password(password, None).await?;
             self.failed(None, LoginFailure::UnknownUser, client).await?;
             return Err(ApiError::InvalidCredentials);
         };
         let user_id: Uuid = row.try_get("user_id")?;
-        let locked_until: Option<OffsetDateTime> = row.try_get("locked_until")?;
-        if locked_until.is_some_and(|t| t > now) {
-            self.failed(Some(user_id), LoginFailure::Locked, client).await?;
-            return Err(ApiError::Locked);
-        }
+        let locks = match self.reserve_attempt(user_id, now).await? {
+            lockout::Attempt::Counted { locks } => locks,
+            lockout::Attempt::Refused => {
+                // As for an unknown user: the real hash is not checked while locked.
+                verify_password(password, None).await?;
+                self.failed(Some(user_id), LoginFailure::Locked, client).await?;
+                return Err(ApiError::InvalidCredentials);
+            }
+        };
         let phc: String = row.try_get("password_hash")?;
-        let ok = verify_password(password, phc).await?;
-        if !ok {
-            let locked = self.count_failure(user_id).await?;
+        if !verify_password(password, Some(phc)).await? {
             self.failed(Some(user_id), LoginFailure::BadPassword, client).await?;
-            return Err(if locked { ApiError::Locked } else { ApiError::InvalidCredentials });
+            return Err(ApiError::InvalidCredentials);
         }
+        // From here the password was right; the attempt stays counted until the login
+        // has fully succeeded.
         let user = self.read.user(user_id).await?;
         let Some(user) = user.filter(|u| u.active) else {
             self.failed(Some(user_id), LoginFailure::Deactivated, client).await?;
@@ -272,20 +283,32 @@ impl Auth {
         };
         let role = match role {
             Some(r) if user.roles.contains(&r) => r,
-            Some(_) => return Err(ApiError::InvalidCredentials),
+            Some(_) => {
+                self.failed(Some(user_id), LoginFailure::RoleNotHeld, client).await?;
+                return Err(ApiError::InvalidCredentials);
+            }
             None if user.roles.len() == 1 => {
                 user.roles.iter().next().copied().ok_or(ApiError::InvalidCredentials)?
             }
-            None => return Err(ApiError::InvalidInput { code: "auth.role_required" }),
+            None => {
+                self.failed(Some(user_id), LoginFailure::RoleRequired, client).await?;
+                return Err(ApiError::InvalidInput { code: "auth.role_required" });
+            }
         };
-        sqlx::query(
-            "UPDATE auth_credentials SET failed_attempts = 0, locked_until = NULL WHERE user_id = $1",
-        )
-        .bind(user_id)
-        .execute(&self.pool)
-        .await?;
         let enrolled: bool = row.try_get("mfa_enrolled")?;
         let mfa_pending = enrolled || self.config.mfa_required_roles.contains(&role);
+        if role == Role::Patient && user.patient_id.is_none() {
+            return Err(ApiError::InvalidCredentials);
+        }
+        if !mfa_pending {
+            lockout::reset(&self.pool, user_id).await?;
+        } else if locks {
+            // This attempt used the last slot: no second factor may be tried now.
+            self.failed(Some(user_id), LoginFailure::Locked, client).await?;
+            return Err(ApiError::InvalidCredentials);
+        } else {
+            lockout::release(&self.pool, user_id).await?;
+        }
         let principal = Principal {
             user_id,
             session_id: Uuid::now_v7(),
@@ -294,9 +317,6 @@ impl Auth {
             mfa_verified: !mfa_pending,
             must_change_password: row.try_get("must_change_password")?,
         };
-        if role == Role::Patient && principal.patient_id.is_none() {
-            return Err(ApiError::InvalidCredentials);
-        }
         let token = new_token();
         let expires_at = now + dur(self.config.absolute_timeout);
         sqlx::query(
@@ -327,6 +347,11 @@ impl Auth {
         Ok(LoginOutcome { token, principal, mfa_pending, mfa_enrolled: enrolled, expires_at })
     }
 
+    async fn reserve_attempt(&self, user_id: Uuid, now: OffsetDateTime) -> ApiResult<lockout::Attempt> {
+        let until = now + dur(self.config.lockout_duration);
+        lockout::reserve(&self.pool, user_id, now, self.config.lockout_threshold, until).await
+    }
+
     async fn failed(
         &self,
         user_id: Option<Uuid>,
@@ -337,24 +362,6 @@ impl Auth {
         let event =
             DomainEvent::LoginFailed(LoginFailed { user_id, failure, client_addr: client.addr.clone() });
         self.security(actor, event).await
-    }
-
-    /// Count a failed password or code; lock the account at the threshold. True when it
-    /// is now locked.
-    async fn count_failure(&self, user_id: Uuid) -> ApiResult<bool> {
-        let until = OffsetDateTime::now_utc() + dur(self.config.lockout_duration);
-        let row = sqlx::query(
-            "UPDATE auth_credentials SET failed_attempts = failed_attempts + 1, \
-             locked_until = CASE WHEN failed_attempts + 1 >= $2 THEN $3 ELSE locked_until END \
-             WHERE user_id = $1 RETURNING failed_attempts",
-        )
-        .bind(user_id)
-        .bind(i32::try_from(self.config.lockout_threshold).unwrap_or(i32::MAX))
-        .bind(until)
-        .fetch_one(&self.pool)
-        .await?;
-        let n: i32 = row.try_get("failed_attempts")?;
-        Ok(u32::try_from(n).unwrap_or(0) >= self.config.lockout_threshold)
     }
 
     /// Replace one's own password: the current one is required (a wrong one counts
@@ -374,12 +381,18 @@ impl Auth {
             .bind(p.user_id)
             .fetch_one(&self.pool)
             .await?;
+        let locks = match self.reserve_attempt(p.user_id, OffsetDateTime::now_utc()).await? {
+            lockout::Attempt::Counted { locks } => locks,
+            lockout::Attempt::Refused => {
+                self.end_session(p, SessionEnd::Revoked).await?;
+                self.failed(Some(p.user_id), LoginFailure::Locked, client).await?;
+                return Err(ApiError::Locked);
+            }
+        };
         let phc: String = row.try_get("password_hash")?;
-        let ok = verify_password(old, phc).await?;
-        if !ok {
-            let locked = self.count_failure(p.user_id).await?;
+        if !verify_password(old, Some(phc)).await? {
             self.failed(Some(p.user_id), LoginFailure::BadPassword, client).await?;
-            if locked {
+            if locks {
                 self.end_session(p, SessionEnd::Revoked).await?;
                 return Err(ApiError::Locked);
             }
@@ -411,44 +424,58 @@ impl Auth {
     }
 
     /// Complete the second factor of a pending session (and the enrolment, the first time).
+    /// Each attempt counts towards lock-out before the code is checked; a right code is
+    /// the login's full success, and a code already used (even by a racing request) is
+    /// wrong.
     pub async fn verify_mfa(&self, p: &Principal, code: &str, client: &ClientInfo) -> ApiResult<()> {
         let now = OffsetDateTime::now_utc();
         let row = sqlx::query(
-            "SELECT totp_secret, mfa_enrolled, last_totp_step, locked_until FROM auth_credentials WHERE user_id = $1",
+            "SELECT totp_secret, mfa_enrolled, last_totp_step FROM auth_credentials WHERE user_id = $1",
         )
         .bind(p.user_id)
         .fetch_one(&self.pool)
         .await?;
-        let locked_until: Option<OffsetDateTime> = row.try_get("locked_until")?;
-        if locked_until.is_some_and(|t| t > now) {
-            self.end_session(p, SessionEnd::Revoked).await?;
-            self.failed(Some(p.user_id), LoginFailure::Locked, client).await?;
-            return Err(ApiError::Locked);
-        }
         let Some(secret) = row.try_get::<Option<Vec<u8>>, _>("totp_secret")? else {
             return Err(ApiError::Refused { code: "auth.mfa_not_enrolled" });
+        };
+        let locks = match self.reserve_attempt(p.user_id, now).await? {
+            lockout::Attempt::Counted { locks } => locks,
+            lockout::Attempt::Refused => {
+                self.end_session(p, SessionEnd::Revoked).await?;
+                self.failed(Some(p.user_id), LoginFailure::Locked, client).await?;
+                return Err(ApiError::Locked);
+            }
         };
         let last: Option<i64> = row.try_get("last_totp_step")?;
         let unix = u64::try_from(now.unix_timestamp()).unwrap_or(0);
         let step = totp::matching_step(&secret, code, unix)
-            .filter(|s| last.is_none_or(|l| i64::try_from(*s).unwrap_or(i64::MAX) > l));
-        let Some(step) = step else {
-            let locked = self.count_failure(p.user_id).await?;
+            .and_then(|s| i64::try_from(s).ok())
+            .filter(|s| last.is_none_or(|l| *s > l));
+        // Taking the step is atomic: of two requests with the same code, one wins.
+        let taken = match step {
+            Some(step) => {
+                sqlx::query(
+                    "UPDATE auth_credentials SET last_totp_step = $2, mfa_enrolled = true, failed_attempts = 0, \
+                     locked_until = NULL WHERE user_id = $1 AND (last_totp_step IS NULL OR last_totp_step < $2)",
+                )
+                .bind(p.user_id)
+                .bind(step)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            None => false,
+        };
+        if !taken {
             self.failed(Some(p.user_id), LoginFailure::BadMfaCode, client).await?;
-            if locked {
+            if locks {
                 self.end_session(p, SessionEnd::Revoked).await?;
                 return Err(ApiError::Locked);
             }
             return Err(ApiError::InvalidCredentials);
-        };
+        }
         let enrolled: bool = row.try_get("mfa_enrolled")?;
-        sqlx::query(
-            "UPDATE auth_credentials SET last_totp_step = $2, mfa_enrolled = true, failed_attempts = 0 WHERE user_id = $1",
-        )
-        .bind(p.user_id)
-        .bind(i64::try_from(step).unwrap_or(i64::MAX))
-        .execute(&self.pool)
-        .await?;
         sqlx::query("UPDATE auth_sessions SET mfa_verified = true, last_seen = $2 WHERE session_id = $1 AND ended_at IS NULL")
             .bind(p.session_id)
             .bind(now)

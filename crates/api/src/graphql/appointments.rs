@@ -85,7 +85,7 @@ impl AppointmentQuery {
         if to <= from || to - from > time::Duration::days(31) {
             return Err(ApiError::InvalidInput { code: "schedule.bad_range" });
         }
-        let rows = state.read.schedule(clinician_id, ts(from), ts(to)).await?;
+        let rows = state.read.schedule(clinician_id, ts(from)?, ts(to)?).await?;
         Ok(rows
             .iter()
             .map(|(patient_id, a)| {
@@ -117,8 +117,8 @@ impl AppointmentMutation {
             appointment_id,
             clinician_id,
             visit_type: visit_type.into(),
-            start: ts(start),
-            end: ts(end),
+            start: ts(start)?,
+            end: ts(end)?,
         };
         execute(ctx, Operation::ManageAppointments, patient_id, event_id, cmd).await
     }
@@ -132,7 +132,7 @@ impl AppointmentMutation {
         end: OffsetDateTime,
         event_id: Uuid,
     ) -> ApiResult<Written> {
-        let cmd = Command::RescheduleAppointment { appointment_id, start: ts(start), end: ts(end) };
+        let cmd = Command::RescheduleAppointment { appointment_id, start: ts(start)?, end: ts(end)? };
         execute(ctx, Operation::ManageAppointments, patient_id, event_id, cmd).await
     }
 

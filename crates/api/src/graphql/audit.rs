@@ -4,7 +4,7 @@
 use async_graphql::connection::{query, Connection, Edge, EmptyFields};
 use async_graphql::{Context, Object, SimpleObject};
 use domain::chart::AccessLogEntry;
-use domain::events::DomainEvent;
+use domain::events::{DomainEvent, Role};
 use domain::streams;
 use projections::queries::AccessQuery;
 use store::Direction;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-use super::types::{dt, ts, AccessAction, PurposeOfUse, ResourceKind};
+use super::types::{dt, page_size, ts, AccessAction, PurposeOfUse, ResourceKind};
 use crate::access::{authorize, parts, wait_for};
 use crate::error::ApiError;
 use crate::policy::Operation;
@@ -30,7 +30,9 @@ pub struct AccessEvent {
     pub resources: Vec<ResourceKind>,
     pub action: AccessAction,
     pub purpose: PurposeOfUse,
-    /// Set when the access was granted by break-glass.
+    /// The reason given for break-glass access. Free text that may hold PHI: shown to
+    /// auditors and to the patient only, `null` for everyone else (`purpose` still says
+    /// `EMERGENCY`).
     pub break_glass_reason: Option<String>,
     pub client_addr: Option<String>,
     pub user_agent: Option<String>,
@@ -76,6 +78,7 @@ pub struct AuditQuery;
 impl AuditQuery {
     /// Who accessed records, newest first. With `patientId`: that record's log (patients
     /// see their own); without: the trail across patients (administrators, auditors).
+    /// `first`: 1 to 500, default 50.
     #[allow(clippy::too_many_arguments)]
     async fn access_log(
         &self,
@@ -89,18 +92,21 @@ impl AuditQuery {
         min_position: Option<u64>,
     ) -> ApiResult<Connection<u64, AccessEvent, EmptyFields, EmptyFields>> {
         let (state, _) = parts(ctx)?;
-        match patient_id {
+        let p = match patient_id {
             Some(p) => authorize(ctx, Operation::ReadAccessLog, Some(p)).await?,
             None => authorize(ctx, Operation::ReadAuditTrail, None).await?,
         };
+        let show_reasons = matches!(p.role, Role::Auditor | Role::Patient);
+        let first = page_size(first, 50, 500)?;
+        let (from, to) = (from.map(ts).transpose()?, to.map(ts).transpose()?);
         wait_for(state, min_position).await?;
-        query(after, None, first, None, |after: Option<u64>, _, first, _| async move {
-            let want = first.unwrap_or(50).clamp(1, 500);
+        query(after, None, i32::try_from(first).ok(), None, |after: Option<u64>, _, first, _| async move {
+            let want = first.unwrap_or(50);
             let q = AccessQuery {
                 patient_id,
                 user_id,
-                from: from.map(ts),
-                to: to.map(ts),
+                from,
+                to,
                 limit: u32::try_from(want + 1).unwrap_or(501),
                 before_position: after,
             };
@@ -108,14 +114,21 @@ impl AuditQuery {
             let has_next = rows.len() > want;
             rows.truncate(want);
             let mut conn = Connection::new(after.is_some(), has_next);
-            conn.edges.extend(rows.into_iter().map(|r| Edge::new(r.position, AccessEvent::from(r))));
+            conn.edges.extend(rows.into_iter().map(|r| {
+                let mut event = AccessEvent::from(r);
+                if !show_reasons {
+                    event.break_glass_reason = None;
+                }
+                Edge::new(event.position, event)
+            }));
             Ok::<_, ApiError>(conn)
         })
         .await
         .map_err(ApiError::from)
     }
 
-    /// Security events from `fromRevision` of `$security`, oldest first (at most 500).
+    /// Security events from `fromRevision` of `$security`, oldest first (`first`: 1 to
+    /// 500, default 100).
     async fn security_events(
         &self,
         ctx: &Context<'_>,
@@ -124,7 +137,7 @@ impl AuditQuery {
     ) -> ApiResult<Vec<SecurityEvent>> {
         let (state, _) = parts(ctx)?;
         authorize(ctx, Operation::ReadAuditTrail, None).await?;
-        let max = usize::try_from(first.unwrap_or(100).clamp(1, 500)).unwrap_or(100);
+        let max = page_size(first, 100, 500)?;
         let rows = state
             .store
             .read_stream(&streams::security(), from_revision.unwrap_or(0), Direction::Forwards, max)

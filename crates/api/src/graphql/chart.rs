@@ -18,7 +18,7 @@ use super::consents::ConsentVersion;
 use super::patients::Patient;
 use super::resolved::EntryList;
 use super::types::{dt, from_json, now, to_json, ts, EntryKind, UserNames, Written};
-use super::{execute, read_chart, record_op};
+use super::{execute, execute_timed, read_chart, record_op};
 use crate::access::{authorize, parts};
 use crate::error::ApiError;
 use crate::policy::Operation;
@@ -321,9 +321,10 @@ impl ChartMutation {
         event_id: Uuid,
     ) -> ApiResult<Written> {
         let content: EntryContent = from_json(content)?;
-        let effective_at = effective_at.map_or_else(now, ts);
+        let given = effective_at.is_some();
+        let effective_at = effective_at.map(ts).transpose()?.unwrap_or_else(now);
         let cmd = Command::RecordEntry { entry_id, content, effective_at };
-        execute(ctx, Operation::WriteClinical, patient_id, event_id, cmd).await
+        execute_timed(ctx, Operation::WriteClinical, patient_id, event_id, cmd, given).await
     }
 
     /// Amend an entry (the original or any amendment): new content and the reason.
@@ -340,9 +341,10 @@ impl ChartMutation {
         event_id: Uuid,
     ) -> ApiResult<Written> {
         let content: EntryContent = from_json(content)?;
-        let effective_at = effective_at.map_or_else(now, ts);
+        let given = effective_at.is_some();
+        let effective_at = effective_at.map(ts).transpose()?.unwrap_or_else(now);
         let cmd = Command::AmendEntry { amendment_id, entry_id, content, reason, effective_at };
-        execute(ctx, Operation::WriteClinical, patient_id, event_id, cmd).await
+        execute_timed(ctx, Operation::WriteClinical, patient_id, event_id, cmd, given).await
     }
 
     /// Retract an entry as entered in error; it stays in the history.

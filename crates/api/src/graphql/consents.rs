@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-use super::execute;
 use super::types::{dt, now, ts, ConsentMethod, ConsentPurpose, Written};
+use super::{execute, execute_timed};
 use crate::access::{authorize, parts, wait_for};
 use crate::policy::Operation;
 
@@ -92,14 +92,15 @@ impl ConsentMutation {
         given_at: Option<OffsetDateTime>,
         event_id: Uuid,
     ) -> ApiResult<Written> {
+        let given = given_at.is_some();
         let cmd = Command::RecordConsent {
             consent_id,
             granted: granted.into_iter().map(Into::into).collect::<BTreeSet<_>>(),
             method: method.into(),
             witness_id,
-            given_at: given_at.map_or_else(now, ts),
+            given_at: given_at.map(ts).transpose()?.unwrap_or_else(now),
         };
-        execute(ctx, Operation::WriteConsents, patient_id, event_id, cmd).await
+        execute_timed(ctx, Operation::WriteConsents, patient_id, event_id, cmd, given).await
     }
 
     /// Withdraw purposes from the consent in force (all of them when none are named).

@@ -8,6 +8,7 @@ mod auth;
 mod care;
 mod chart;
 mod consents;
+pub mod guard;
 pub mod parsed;
 mod patients;
 mod resolved;
@@ -56,17 +57,29 @@ pub struct MutationRoot(
 
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, updates::SubscriptionRoot>;
 
+/// The depth and complexity limits of a schema without a state (the SDL, tests).
+pub const DEFAULT_LIMITS: guard::Limits = guard::Limits { max_depth: 12, max_complexity: 2000 };
+
+fn limits(state: Option<&AppState>) -> guard::Limits {
+    state.map_or(DEFAULT_LIMITS, |s| guard::Limits {
+        max_depth: s.config.max_depth,
+        max_complexity: s.config.max_complexity,
+    })
+}
+
 /// The schema with the server's limits. `state` is `None` only for printing the SDL.
 /// Serve it wrapped in [`sanitize::Sanitized`] ([`executor`]).
 pub fn schema(state: Option<AppState>) -> ApiSchema {
-    let (depth, complexity) =
-        state.as_ref().map_or((12, 2000), |s| (s.config.max_depth, s.config.max_complexity));
+    let limits = limits(state.as_ref());
     let mut b = Schema::build(QueryRoot::default(), MutationRoot::default(), updates::SubscriptionRoot)
-        .limit_depth(depth)
-        .limit_complexity(complexity)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(32)
         .limit_directives(8);
     if let Some(state) = state {
+        if !(state.config.introspection || state.config.graphiql) {
+            b = b.disable_introspection();
+        }
         // Entry lists are kept only beside kept charts (without them, every read has a
         // chart of its own and nothing could be reused).
         if state.read.chart_cache().keeps_any() {
@@ -79,7 +92,8 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
 
 /// What the server executes: the schema, with the library's own errors sanitized.
 pub fn executor(state: AppState) -> sanitize::Sanitized {
-    sanitize::Sanitized::new(schema(Some(state)))
+    let limits = limits(Some(&state));
+    sanitize::Sanitized::new(schema(Some(state)), limits)
 }
 
 /// The SDL as committed in `schema/chartledger.graphql`.
@@ -87,9 +101,13 @@ pub fn sdl() -> String {
     schema(None).sdl()
 }
 
-/// A command on a patient's record: authorize `op` for it (recorded as an access),
-/// then decide and append the command (a retry with the same `event_id` is answered
-/// with the original result).
+/// A command on a patient's record: authorize `op` for it, record the access, then
+/// decide and append the command (a retry with the same `event_id` is answered with the
+/// original result; another command with it is refused).
+///
+/// The access event is written first: a write is never stored without it (if it cannot
+/// be written, nothing is, and the client is told `audit.unavailable`). A command then
+/// refused, or a crash between the two, leaves the access event of an attempt.
 async fn execute(
     ctx: &Context<'_>,
     op: Operation,
@@ -97,9 +115,22 @@ async fn execute(
     event_id: Uuid,
     command: Command,
 ) -> ApiResult<types::Written> {
-    let (state, _) = parts(ctx)?;
+    execute_timed(ctx, op, patient_id, event_id, command, true).await
+}
+
+/// [`execute`], where `times_given: false` says the server filled in the command's time.
+async fn execute_timed(
+    ctx: &Context<'_>,
+    op: Operation,
+    patient_id: Uuid,
+    event_id: Uuid,
+    command: Command,
+    times_given: bool,
+) -> ApiResult<types::Written> {
+    let (state, req) = parts(ctx)?;
     let p = authorize(ctx, op, Some(patient_id)).await?;
-    Ok(state.records.execute(patient_id, p.actor(), event_id, command).await?.into())
+    req.collector.flush_patient(state, req, patient_id).await?;
+    Ok(state.records.execute_retryable(patient_id, p.actor(), event_id, command, times_given).await?.into())
 }
 
 /// The operation a read of a record is decided as: `present`, or point-in-time access
@@ -128,7 +159,7 @@ async fn read_chart(
     wait_for(state, min_position).await?;
     Ok(match as_of {
         Some(t) => {
-            let pit = projections::pit::chart_as_of(&state.store, patient_id, types::ts(t)).await?;
+            let pit = projections::pit::chart_as_of(&state.store, patient_id, types::ts(t)?).await?;
             Some(Arc::new(pit.chart))
         }
         None => req.current_chart(state, patient_id, min_position.is_some()).await?,

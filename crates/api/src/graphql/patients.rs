@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-use super::types::{dt, from_json, to_json, Sex, Written};
+use super::types::{dt, from_json, page_size, to_json, Sex, Written};
 use super::{execute, read_chart};
 use crate::access::{authorize, may_list, parts, wait_for};
 use crate::error::ApiError;
@@ -127,11 +127,17 @@ impl PatientQuery {
         }
         wait_for(state, min_position).await?;
         let q = PatientSearch { family_prefix, birth_date, mrn };
-        query(after, None, first, None, |after: Option<usize>, _, first, _| async move {
-            let skip = after.map_or(0, |a| a + 1);
-            let want = first.unwrap_or(20).clamp(1, 100);
+        let first = page_size(first, 20, 100)?;
+        query(after, None, i32::try_from(first).ok(), None, |after: Option<usize>, _, first, _| async move {
+            // The cursor comes from the client: any number. Searches page through at
+            // most MAX_SEARCH_RESULTS results (refine the criteria beyond that).
+            let skip = after.map_or(0, |a| a.saturating_add(1));
+            if skip > MAX_SEARCH_RESULTS {
+                return Err(ApiError::InvalidInput { code: "request.bad_cursor" });
+            }
+            let want = first.unwrap_or(20);
             let found =
-                state.read.search_patients(&q, u32::try_from(skip + want + 1).unwrap_or(1000)).await?;
+                state.read.search_patients(&q, u32::try_from(skip + want + 1).unwrap_or(u32::MAX)).await?;
             let mut page = Vec::new();
             for (i, s) in found.into_iter().enumerate().skip(skip) {
                 if page.len() > want {
@@ -226,3 +232,6 @@ impl PatientMutation {
         Ok(done.into())
     }
 }
+
+/// The deepest a search pages (by `after`), in results.
+const MAX_SEARCH_RESULTS: usize = 10_000;

@@ -3,7 +3,11 @@
 //! patient's name). [`Sanitized`], on every request and every subscription message,
 //! gives them the stable code `graphql.invalid_request` and a generic message; locations
 //! and paths stay, and clients validate against the committed SDL. The fixed limit
-//! messages ("Query is nested too deep.", "Query is too complex.") quote nothing and stay.
+//! messages ("Query is nested too deep.", "Query is too complex.") quote nothing and stay,
+//! with the codes `graphql.too_deep` and `graphql.too_complex`.
+//!
+//! Before the library sees a request, [`super::guard`] refuses documents nested or
+//! expanding beyond the limits (the library's own checks could crash or stall a worker).
 //!
 //! It wraps the schema as an [`Executor`] rather than being a schema extension: with any
 //! extension installed, async-graphql routes every field of every response through the
@@ -17,6 +21,7 @@ use async_graphql::{Data, Executor, Pos, Request, Response, ServerError};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use super::guard::{self, Limits, Refusal};
 use super::parsed::ParsedQueries;
 use super::ApiSchema;
 use crate::error::ApiError;
@@ -27,12 +32,30 @@ use crate::error::ApiError;
 pub struct Sanitized {
     schema: ApiSchema,
     parsed: Arc<ParsedQueries>,
+    limits: Limits,
 }
 
 impl Sanitized {
-    pub fn new(schema: ApiSchema) -> Self {
-        Self { schema, parsed: Arc::new(ParsedQueries::default()) }
+    /// `limits` must be the schema's own depth and complexity limits.
+    pub fn new(schema: ApiSchema, limits: Limits) -> Self {
+        Self { schema, parsed: Arc::new(ParsedQueries::default()), limits }
     }
+
+    /// Give `request` its parsed document (kept or parsed now; the latter is returned for
+    /// [`ParsedQueries::keep`]), unless [`guard`] refuses it. A text that does not parse
+    /// is left to the schema, which refuses it.
+    fn prepare(&self, request: &mut Request) -> Result<Option<super::parsed::Fresh>, Refusal> {
+        guard::scan_nesting(&request.query, guard::MAX_NESTING)?;
+        let fresh = self.parsed.prepare(request);
+        if let Ok(doc) = request.parsed_query() {
+            guard::check_cost(doc, self.limits)?;
+        }
+        Ok(fresh)
+    }
+}
+
+fn refused(r: Refusal) -> Response {
+    Response::from_errors(vec![r.into_server_error()])
 }
 
 impl std::fmt::Debug for Sanitized {
@@ -43,9 +66,13 @@ impl std::fmt::Debug for Sanitized {
 
 impl Executor for Sanitized {
     fn execute(&self, mut request: Request) -> impl Future<Output = Response> + Send {
-        let fresh = self.parsed.prepare(&mut request);
+        let prepared = self.prepare(&mut request);
         let (schema, parsed) = (self.schema.clone(), self.parsed.clone());
         async move {
+            let fresh = match prepared {
+                Ok(fresh) => fresh,
+                Err(r) => return refused(r),
+            };
             let mut response = schema.execute(request).await;
             // Errors of the library (parsing, validation, limits) have no code of ours;
             // a request without any passed validation, and its document is kept.
@@ -66,7 +93,9 @@ impl Executor for Sanitized {
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
         // Subscriptions use documents kept by requests; they keep none themselves.
-        let _ = self.parsed.prepare(&mut request);
+        if let Err(r) = self.prepare(&mut request) {
+            return futures::stream::once(async move { refused(r) }).boxed();
+        }
         if runs_other_than_a_subscription(&mut request) {
             let err: async_graphql::Error =
                 ApiError::InvalidInput { code: "graphql.subscriptions_only" }.into();
@@ -108,11 +137,16 @@ fn sanitize(errors: &mut [ServerError]) {
         if has_code(e) {
             continue;
         }
-        if !e.message.starts_with("Query is") {
+        let code = if e.message.starts_with("Query is nested too deep") {
+            Refusal::TooDeep.code()
+        } else if e.message.starts_with("Query is too complex") {
+            Refusal::TooComplex.code()
+        } else {
             e.message = "invalid request".into();
-        }
+            "graphql.invalid_request"
+        };
         let mut ext = e.extensions.take().unwrap_or_default();
-        ext.set("code", "graphql.invalid_request");
+        ext.set("code", code);
         e.extensions = Some(ext);
     }
 }
@@ -122,7 +156,7 @@ mod tests {
     use super::*;
 
     fn sanitized() -> Sanitized {
-        Sanitized::new(super::super::schema(None))
+        Sanitized::new(super::super::schema(None), super::super::DEFAULT_LIMITS)
     }
 
     #[tokio::test]
@@ -148,14 +182,23 @@ mod tests {
     #[tokio::test]
     async fn a_refused_document_is_refused_every_time_and_never_kept() {
         let s = sanitized();
-        let deep = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { \
+        // Unbalanced: does not parse.
+        let broken = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { \
                     ofType { ofType { ofType { name } } } } } } } } } } } }";
+        // 13 fields deep, one more than the limit.
+        let too_deep = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { \
+                    ofType { ofType { ofType { name } } } } } } } } } } } } }";
         let missing = "{ noSuchField }";
-        for q in [deep, missing, deep, missing] {
+        let cases = [
+            (broken, "graphql.invalid_request"),
+            (too_deep, "graphql.too_deep"),
+            (missing, "graphql.invalid_request"),
+        ];
+        for (q, want) in cases.repeat(2) {
             let r = Executor::execute(&s, Request::new(q)).await;
             assert_eq!(r.errors.len(), 1, "{q}");
             let code = r.errors[0].extensions.as_ref().and_then(|x| x.get("code").cloned());
-            assert_eq!(code, Some(async_graphql::Value::from("graphql.invalid_request")));
+            assert_eq!(code, Some(async_graphql::Value::from(want)));
         }
         assert!(s.parsed.is_empty());
         assert_eq!(s.parsed.hits(), 0);

@@ -14,12 +14,33 @@ pub fn dt(t: Timestamp) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-pub fn ts(t: OffsetDateTime) -> Timestamp {
+/// A time from the client. Timestamps are microseconds: a time with finer digits is
+/// refused (`input.time_precision`), never silently truncated.
+pub fn ts(t: OffsetDateTime) -> Result<Timestamp, ApiError> {
+    if t.nanosecond() % 1000 != 0 {
+        return Err(ApiError::InvalidInput { code: "input.time_precision" });
+    }
+    Ok(micros(t))
+}
+
+fn micros(t: OffsetDateTime) -> Timestamp {
     Timestamp::from_micros(i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX))
 }
 
 pub fn now() -> Timestamp {
-    ts(OffsetDateTime::now_utc())
+    micros(OffsetDateTime::now_utc())
+}
+
+/// The page size a client asked for: 1 to `max`, `default` when not given. Anything
+/// else is refused (`request.bad_page_size`), never clamped into a page.
+pub fn page_size(first: Option<i32>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match first {
+        None => Ok(default),
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or(ApiError::InvalidInput { code: "request.bad_page_size" }),
+    }
 }
 
 /// A JSON value from the client into a domain type; the error names the field only

@@ -1,24 +1,31 @@
 //! The HTTP surface: `POST /graphql` (bearer token in the `Authorization` header, never
-//! in the URL), GraphiQL at `/`, `/healthz`, `/readyz`, `/metrics`. Request bodies and
-//! times are limited; security headers on every response.
+//! in the URL), subscriptions at `/graphql/ws` ([`ws`]), `/healthz`, `/readyz`, and, where
+//! the configuration turns them on, `/metrics` and GraphiQL at `/`. Request bodies and
+//! times are limited; security headers on every response; every error, whatever
+//! produced it, has one JSON shape with a stable code ([`errors`]).
 //!
 //! The access events a request collected are written before its response is returned:
 //! if that write fails, the client gets `audit.unavailable` and no data (fail closed).
+
+mod errors;
+mod request;
+mod ws;
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
-use async_graphql::Data;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::ws::WebSocketUpgrade;
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::GraphQLResponse;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use base64::Engine as _;
 use domain::events::PurposeOfUse;
+use sha2::Digest as _;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -30,6 +37,10 @@ use crate::graphql;
 use crate::graphql::sanitize::Sanitized;
 use crate::graphql::types::UserNames;
 use crate::AppState;
+
+pub use errors::HttpError;
+pub use request::bearer_token;
+pub use ws::{CLOSE_BAD_MESSAGE, CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED};
 
 #[derive(Clone)]
 struct Http {
@@ -43,10 +54,12 @@ pub fn router(state: AppState, tls: bool) -> Router {
     let config = state.config.clone();
     let mut app = Router::new()
         .route("/graphql", get(graphiql_or_405).post(graphql_handler))
-        .route("/graphql/ws", get(graphql_ws))
+        .route("/graphql/ws", get(ws::graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/readyz", get(readyz));
+    if config.metrics {
+        app = app.route("/metrics", get(metrics));
+    }
     if config.graphiql {
         app = app.route("/", get(graphiql));
     }
@@ -55,6 +68,7 @@ pub fn router(state: AppState, tls: bool) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout))
+        .layer(axum::middleware::map_response(errors::json_errors))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
@@ -67,7 +81,11 @@ pub fn router(state: AppState, tls: bool) -> Router {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")));
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ));
     if tls {
         app = app.layer(SetResponseHeaderLayer::overriding(
             header::STRICT_TRANSPORT_SECURITY,
@@ -77,19 +95,47 @@ pub fn router(state: AppState, tls: bool) -> Router {
     app
 }
 
-async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").finish())
+/// GraphiQL (development only). Its page loads React and GraphiQL from unpkg.com; the
+/// page's Content-Security-Policy admits scripts from there and its own inline scripts
+/// by hash, and nothing else.
+async fn graphiql() -> Response {
+    let html = GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").finish();
+    let hashes: String = inline_scripts(&html)
+        .map(|script| {
+            let digest = sha2::Sha256::digest(script.as_bytes());
+            format!(" 'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
+        })
+        .collect();
+    let csp = format!(
+        "default-src 'none'; script-src https://unpkg.com{hashes}; style-src https://unpkg.com 'unsafe-inline'; \
+         font-src https://unpkg.com data:; img-src 'self' data: https://unpkg.com; connect-src 'self'; \
+         frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    );
+    let mut resp = Html(html).into_response();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp
+}
+
+/// The contents of the `<script>` elements without a `src`.
+fn inline_scripts(html: &str) -> impl Iterator<Item = &str> {
+    html.split("<script").skip(1).filter_map(|rest| {
+        let (attrs, rest) = rest.split_once('>')?;
+        let (body, _) = rest.split_once("</script>")?;
+        (!attrs.contains("src=")).then_some(body)
+    })
 }
 
 async fn graphiql_or_405() -> Response {
     // Queries in a URL would put PHI in URLs (and proxy logs): GET is not served.
-    (StatusCode::METHOD_NOT_ALLOWED, "use POST").into_response()
+    HttpError::for_status(StatusCode::METHOD_NOT_ALLOWED).into_response()
 }
 
 async fn readyz(State(h): State<Http>) -> Response {
     match sqlx::query("SELECT 1").execute(h.state.store.pool()).await {
         Ok(_) => "ready".into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
+        Err(_) => HttpError::for_status(StatusCode::SERVICE_UNAVAILABLE).into_response(),
     }
 }
 
@@ -140,12 +186,19 @@ async fn graphql_handler(
     State(h): State<Http>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    req: GraphQLRequest,
+    body: Bytes,
 ) -> Response {
     let started = Instant::now();
     let state = &h.state;
-    let principal = match header_str(&headers, "authorization").and_then(|v| v.strip_prefix("Bearer ")) {
-        Some(token) => state.auth.authenticate(token.trim()).await,
+    let req = match request::graphql_request(&headers, &body) {
+        Ok(req) => req,
+        Err(e) => {
+            state.metrics.request(e.code, started.elapsed().as_secs_f64());
+            return e.into_response();
+        }
+    };
+    let principal = match header_str(&headers, "authorization").and_then(bearer_token) {
+        Some(token) => state.auth.authenticate(token).await,
         None => Err(ApiError::Unauthenticated),
     };
     let declared_purpose = match declared_purpose(&headers) {
@@ -155,8 +208,7 @@ async fn graphql_handler(
     let ctx =
         std::sync::Arc::new(RequestCtx::new(principal, client_info(state, &headers, peer), declared_purpose));
     let loader = DataLoader::new(UserNames(state.read.clone()), tokio::spawn);
-    let response =
-        async_graphql::Executor::execute(&h.schema, req.into_inner().data(ctx.clone()).data(loader)).await;
+    let response = async_graphql::Executor::execute(&h.schema, req.data(ctx.clone()).data(loader)).await;
     match ctx.collector.flush(state, &ctx).await {
         Ok(n) => state.metrics.access_events(true, n),
         Err(e) => {
@@ -167,44 +219,6 @@ async fn graphql_handler(
     let outcome = if response.errors.is_empty() { "ok" } else { "error" };
     state.metrics.request(outcome, started.elapsed().as_secs_f64());
     GraphQLResponse::from(response).into_response()
-}
-
-/// Subscriptions. The bearer token comes in the `connection_init` payload
-/// (`{"authorization": "Bearer …"}`), never in the URL; a connection without a valid
-/// session is refused.
-async fn graphql_ws(
-    State(h): State<Http>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let state = h.state.clone();
-    let client = client_info(&state, &headers, peer);
-    // A purpose the server does not know is refused, never replaced by the role's
-    // default (which could skip a consent check the client meant to be subject to).
-    let Ok(declared_purpose) = declared_purpose(&headers) else {
-        return (StatusCode::BAD_REQUEST, "request.bad_purpose").into_response();
-    };
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        GraphQLWebSocket::new(socket, h.schema.clone(), protocol)
-            .on_connection_init(move |payload| async move {
-                let token = payload
-                    .get("authorization")
-                    .and_then(|v| v.as_str())
-                    .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned());
-                let principal = match token {
-                    Some(t) => state.auth.authenticate(&t).await,
-                    None => Err(ApiError::Unauthenticated),
-                };
-                let principal = principal.map_err(async_graphql::Error::from)?;
-                let ctx = RequestCtx::new(Ok(principal), client, declared_purpose);
-                let mut data = Data::default();
-                data.insert(std::sync::Arc::new(ctx));
-                Ok(data)
-            })
-            .serve()
-    })
 }
 
 fn error_response(state: &AppState, started: Instant, e: ApiError) -> Response {
