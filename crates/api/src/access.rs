@@ -166,6 +166,7 @@ impl AccessCollector {
                 client_addr: req.client.addr.clone(),
                 user_agent: req.client.user_agent.clone(),
                 session_id: Some(p.session_id),
+                case_ref: None,
             };
             state.records.record_access(p.actor(), Uuid::now_v7(), access)
         });
