@@ -119,7 +119,8 @@ CREATE TABLE __SCHEMA__.access_log (
     break_glass_reason text,
     client_addr        text,
     user_agent         text,
-    session_id         uuid
+    session_id         uuid,
+    case_ref           text
 );
 
 -- Staff directory (users and their roles), from `$staff`.
@@ -133,6 +134,8 @@ CREATE TABLE __SCHEMA__.users (
     updated_at   timestamptz NOT NULL,
     position     bigint NOT NULL
 );
+
+-- (`role_grants` and other later additions: records_upgrade.sql.)
 
 -- Chart snapshots for point-in-time replay (projections/src/snapshot.rs): the chart fold's
 -- state after `revision` of the patient's stream, written by replays as they fold. Derived

@@ -14,3 +14,4 @@ CREATE INDEX IF NOT EXISTS access_log_patient_id_accessed_at_idx ON __SCHEMA__.a
 CREATE INDEX IF NOT EXISTS access_log_user_id_accessed_at_idx ON __SCHEMA__.access_log (user_id, accessed_at);
 CREATE INDEX IF NOT EXISTS access_log_accessed_at_idx ON __SCHEMA__.access_log (accessed_at);
 CREATE INDEX IF NOT EXISTS users_username_idx ON __SCHEMA__.users (username);
+CREATE INDEX IF NOT EXISTS role_grants_pending_idx ON __SCHEMA__.role_grants (proposed_at) WHERE status = 'pending';

@@ -13,6 +13,7 @@
 //!   position on every read.
 //! - [`pit`]: point-in-time replay for auditors: a chart as of a recorded time, folded
 //!   in memory from the ledger with the same fold, from the nearest [`snapshot`] of it.
+//! - [`staff`]: the staff directory and role grants (fold and queries).
 //! - [`service`]: the command side: load a patient's stream, `decide`, append with the
 //!   expected revision (retrying on a race), idempotent on the client's event id.
 
@@ -27,6 +28,7 @@ pub mod runner;
 pub mod service;
 pub mod snapshot;
 mod sqlmap;
+pub mod staff;
 
 pub use error::ProjectionError;
 pub use queries::ReadModels;

@@ -252,6 +252,10 @@ impl ReadModels {
         Self { pool, charts: Arc::new(CurrentCharts::new(capacity)), prober }
     }
 
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// The cache behind [`ReadModels::current_chart`].
     pub fn chart_cache(&self) -> &CurrentCharts {
         &self.charts
@@ -468,7 +472,7 @@ impl ReadModels {
     pub async fn access_log(&self, q: &AccessQuery) -> Result<Vec<AccessLogEntry>, ProjectionError> {
         let rows = sqlx::query(
             "SELECT position, event_id, patient_id, user_id, role, accessed_at, resources, action, purpose, break_glass_reason, \
-             client_addr, user_agent, session_id FROM rm.access_log \
+             client_addr, user_agent, session_id, case_ref FROM rm.access_log \
              WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR user_id = $2) \
              AND ($3::timestamptz IS NULL OR accessed_at >= $3) AND ($4::timestamptz IS NULL OR accessed_at < $4) \
              AND ($6::bigint IS NULL OR position < $6) \
@@ -498,6 +502,7 @@ impl ReadModels {
                     client_addr: r.try_get("client_addr")?,
                     user_agent: r.try_get("user_agent")?,
                     session_id: r.try_get("session_id")?,
+                    case_ref: r.try_get("case_ref")?,
                 })
             })
             .collect()

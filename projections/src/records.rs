@@ -33,6 +33,9 @@ use crate::sqlmap::*;
 pub const TABLES_SQL: &str = include_str!("../sql/records.sql");
 /// The SQL that creates a generation's secondary indexes (idempotent).
 pub const INDEXES_SQL: &str = include_str!("../sql/records_indexes.sql");
+/// Idempotent additions since generations were first made (run after `TABLES_SQL`, and
+/// on existing generations at start).
+pub const UPGRADE_SQL: &str = include_str!("../sql/records_upgrade.sql");
 /// The statements of an SQL file made of one-line statements ending in `;` and `--`
 /// comment lines (as `INDEXES_SQL`).
 pub fn statements(sql: &str) -> Vec<&str> {
@@ -48,6 +51,7 @@ pub const TABLES: &[&str] = &[
     "appointments",
     "access_log",
     "users",
+    "role_grants",
     "chart_snapshots",
 ];
 
@@ -158,10 +162,7 @@ impl<'a> Batch<'a> {
         for r in events {
             match &r.event {
                 DomainEvent::RecordAccessed(_) => b.access.extend(AccessLogEntry::of(r)),
-                DomainEvent::UserCreated(_)
-                | DomainEvent::RoleGranted(_)
-                | DomainEvent::RoleRevoked(_)
-                | DomainEvent::UserDeactivated(_) => b.staff.push(r.clone()),
+                e if crate::staff::is_staff(e) => b.staff.push(r.clone()),
                 e => {
                     if let (Some(key), Some(patient)) =
                         (EntityKey::of(e), domain::streams::patient_of(&r.stream))
@@ -190,7 +191,7 @@ fn prepare(cache: &mut ChartCache, batch: Batch<'_>) -> Result<Prepared, Project
     if let Some(first_position) = batch.first_position {
         prepared.charts(cache, &batch.touched_patients, &batch.touched, first_position)?;
     }
-    let access = prepared.access.get_or_insert_with(|| CopyRows::new(13));
+    let access = prepared.access.get_or_insert_with(|| CopyRows::new(14));
     for r in &batch.access {
         push_access(access, r)?;
     }
@@ -614,7 +615,7 @@ impl Prepared {
         self.appts.write(conn, schema).await?;
         copy(conn, self.access, schema, ACCESS_TARGET).await?;
         for r in &self.staff {
-            write_staff(conn, schema, r).await?;
+            crate::staff::write_staff(conn, schema, r).await?;
         }
         Ok(())
     }
@@ -1014,7 +1015,7 @@ impl AppointmentCols {
 
 const ACCESS_TARGET: &str =
     "access_log (position, event_id, patient_id, user_id, role, accessed_at, resources, \
-     action, purpose, break_glass_reason, client_addr, user_agent, session_id)";
+     action, purpose, break_glass_reason, client_addr, user_agent, session_id, case_ref)";
 
 /// An access-log row: insert-only, one per access event.
 fn push_access(rows: &mut CopyRows, r: &AccessLogEntry) -> Result<(), ProjectionError> {
@@ -1031,56 +1032,8 @@ fn push_access(rows: &mut CopyRows, r: &AccessLogEntry) -> Result<(), Projection
         .put(r.break_glass_reason.as_deref())?
         .put(r.client_addr.as_deref())?
         .put(r.user_agent.as_deref())?
-        .put(r.session_id)?;
-    Ok(())
-}
-
-/// The staff directory fold, in SQL: staff events are rare, one statement each.
-async fn write_staff(conn: &mut PgConnection, schema: &str, r: &Recorded) -> Result<(), ProjectionError> {
-    let at = odt(r.recorded_at);
-    let position = pos(r.position);
-    match &r.event {
-        DomainEvent::UserCreated(u) => {
-            let sql = format!(
-                "INSERT INTO {schema}.users (user_id, username, display_name, roles, patient_id, active, updated_at, position) \
-                 VALUES ($1, $2, $3, $4, $5, true, $6, $7) ON CONFLICT (user_id) DO NOTHING"
-            );
-            sqlx::query(&sql)
-                .bind(u.user_id)
-                .bind(&u.username)
-                .bind(&u.display_name)
-                .bind(names(&u.roles))
-                .bind(u.patient_id)
-                .bind(at)
-                .bind(position)
-                .execute(conn)
-                .await?;
-        }
-        DomainEvent::RoleGranted(c) | DomainEvent::RoleRevoked(c) => {
-            let op = if matches!(r.event, DomainEvent::RoleGranted(_)) {
-                "ARRAY(SELECT DISTINCT x FROM unnest(array_append(roles, $2)) AS x ORDER BY x)"
-            } else {
-                "array_remove(roles, $2)"
-            };
-            let sql = format!(
-                "UPDATE {schema}.users SET roles = {op}, updated_at = $3, position = $4 WHERE user_id = $1"
-            );
-            sqlx::query(&sql)
-                .bind(c.user_id)
-                .bind(name(&c.role))
-                .bind(at)
-                .bind(position)
-                .execute(conn)
-                .await?;
-        }
-        DomainEvent::UserDeactivated(d) => {
-            let sql = format!(
-                "UPDATE {schema}.users SET active = false, updated_at = $2, position = $3 WHERE user_id = $1"
-            );
-            sqlx::query(&sql).bind(d.user_id).bind(at).bind(position).execute(conn).await?;
-        }
-        _ => {}
-    }
+        .put(r.session_id)?
+        .put(r.case_ref.as_deref())?;
     Ok(())
 }
 

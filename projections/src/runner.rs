@@ -206,8 +206,8 @@ impl Projections {
     }
 }
 
-/// Create the active generation if there is none (else bring its `rm.patients` view up to
-/// date); return every generation.
+/// Create the active generation if there is none (else bring its tables
+/// (`records_upgrade.sql`) and `rm.*` views up to date); return every generation.
 async fn ensure_active(pool: &PgPool) -> Result<Vec<Generation>, ProjectionError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('chartledger.projections'))")
@@ -229,6 +229,7 @@ async fn ensure_active(pool: &PgPool) -> Result<Vec<Generation>, ProjectionError
             // Views made before `rm.patients` named its generation get the column (at the
             // end, which `CREATE OR REPLACE VIEW` allows).
             let g: i32 = row.try_get("generation")?;
+            upgrade(&mut tx, g).await?;
             let named: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
                  WHERE table_schema = 'rm' AND table_name = 'patients' AND column_name = 'generation')",
@@ -271,6 +272,7 @@ async fn create_tables(
 ) -> Result<(), ProjectionError> {
     let schema = schema_of(generation);
     sqlx::raw_sql(&records::TABLES_SQL.replace("__SCHEMA__", &schema)).execute(&mut *tx).await?;
+    sqlx::raw_sql(&records::UPGRADE_SQL.replace("__SCHEMA__", &schema)).execute(&mut *tx).await?;
     sqlx::query(
         "INSERT INTO projection_generations (projection, generation, schema_name, status, activated_at) \
          VALUES ($1, $2, $3, $4, CASE WHEN $4 = 'active' THEN now() END)",
@@ -281,6 +283,43 @@ async fn create_tables(
     .bind(status)
     .execute(&mut *tx)
     .await?;
+    Ok(())
+}
+
+/// Bring the tables of the active generation `g` and of a building one up to the
+/// current layout (`records_upgrade.sql`: additions no earlier event needs), and point
+/// the `rm.*` views at `g` again when one lacks a table or column (a view's `*` is
+/// expanded when it is made). Inside the caller's transaction.
+async fn upgrade(tx: &mut sqlx::PgConnection, g: i32) -> Result<(), ProjectionError> {
+    let live: Vec<i32> = sqlx::query_scalar(
+        "SELECT generation FROM projection_generations WHERE projection = $1 AND status IN ('active', 'building')",
+    )
+    .bind(PROJECTION)
+    .fetch_all(&mut *tx)
+    .await?;
+    for generation in live {
+        let schema = schema_of(generation);
+        // Look first: `ALTER TABLE` locks the table even when it has nothing to do.
+        let done: bool = sqlx::query_scalar(
+            "SELECT to_regclass($1 || '.role_grants') IS NOT NULL AND EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'access_log' AND column_name = 'case_ref')",
+        )
+        .bind(&schema)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !done {
+            sqlx::raw_sql(&records::UPGRADE_SQL.replace("__SCHEMA__", &schema)).execute(&mut *tx).await?;
+        }
+    }
+    let current: bool = sqlx::query_scalar(
+        "SELECT to_regclass('rm.role_grants') IS NOT NULL AND EXISTS (SELECT 1 FROM information_schema.columns \
+         WHERE table_schema = 'rm' AND table_name = 'access_log' AND column_name = 'case_ref')",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !current {
+        point_views(tx, g).await?;
+    }
     Ok(())
 }
 

@@ -208,9 +208,12 @@ impl Records {
                 u.validate()?;
                 streams::staff()
             }
-            DomainEvent::RoleGranted(_) | DomainEvent::RoleRevoked(_) | DomainEvent::UserDeactivated(_) => {
-                streams::staff()
-            }
+            DomainEvent::RoleGranted(_)
+            | DomainEvent::RoleRevoked(_)
+            | DomainEvent::UserDeactivated(_)
+            | DomainEvent::RoleGrantProposed(_)
+            | DomainEvent::RoleGrantApproved(_)
+            | DomainEvent::RoleGrantCancelled(_) => streams::staff(),
             _ => return Err(DomainError::UnknownEventType.into()),
         };
         self.append(&stream, ExpectedRevision::Any, actor, event_id, &event).await

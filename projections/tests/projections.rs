@@ -191,6 +191,7 @@ fn viewed(patient_id: Uuid, resource: ResourceKind) -> RecordAccessed {
         client_addr: None,
         user_agent: None,
         session_id: None,
+        case_ref: None,
     }
 }
 
@@ -782,6 +783,7 @@ async fn queries_serve_index_history_consents_schedule_access_log_and_staff() {
         client_addr: Some("10.1.2.3".into()),
         user_agent: None,
         session_id: Some(Uuid::now_v7()),
+        case_ref: Some("MATTER-7 (subpoena)".into()),
     };
     let mut no_reason = access.clone();
     no_reason.break_glass_reason = None;
@@ -849,6 +851,7 @@ async fn queries_serve_index_history_consents_schedule_access_log_and_staff() {
         .unwrap();
     assert_eq!(by_patient.len(), 1);
     assert_eq!(by_patient[0].break_glass_reason.as_deref(), Some("unresponsive"));
+    assert_eq!(by_patient[0].case_ref.as_deref(), Some("MATTER-7 (subpoena)"));
     assert_eq!(by_patient[0].purpose, PurposeOfUse::Emergency);
     let by_user = env
         .read
@@ -1519,5 +1522,72 @@ async fn altered_snapshots_are_ignored_or_reported() {
     sqlx::query("DELETE FROM rm.chart_snapshots").execute(pool).await.unwrap();
     assert_eq!(projections::pit::replay(&env.store, id, None, Some(&policy)).await.unwrap(), full);
     assert_eq!(projections::pit::check_snapshots(&env.store, id).await.unwrap(), Vec::<u64>::new());
+    env.projections.shutdown().await;
+}
+
+/// Role grants fold into `role_grants` and `users.roles` (decided once; a decision that
+/// does not match its proposal changes nothing), and a generation made before the
+/// grants and case references existed is upgraded in place at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_grants_fold_and_older_generations_are_upgraded_in_place() {
+    use domain::staff::{GrantStatus, RoleGrant};
+    let mut env = env().await;
+    env.projections.shutdown().await;
+    // A generation of the layout before: no `case_ref`, no `role_grants`.
+    sqlx::raw_sql(
+        "DROP VIEW rm.role_grants; DROP TABLE rm_records_g1.role_grants; DROP VIEW rm.access_log; \
+         ALTER TABLE rm_records_g1.access_log DROP COLUMN case_ref; \
+         CREATE VIEW rm.access_log AS SELECT * FROM rm_records_g1.access_log;",
+    )
+    .execute(env.store.pool())
+    .await
+    .unwrap();
+    env.projections = Projections::start(env.store.clone(), runner_config()).await.unwrap();
+    let admin = |id: Uuid| Actor { user_id: id, role: Role::Administrator.role_name() };
+    let (a1, a2, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let created = DomainEvent::UserCreated(UserCreated {
+        user_id: user,
+        username: "dr.grant".into(),
+        display_name: "Dr Grant".into(),
+        roles: BTreeSet::new(),
+        patient_id: None,
+    });
+    env.records.record_system(admin(a1), Uuid::now_v7(), created).await.unwrap();
+    let grant = RoleGrant { grant_id: Uuid::now_v7(), user_id: user, role: Role::Physician };
+    let proposed = DomainEvent::RoleGrantProposed(grant.clone());
+    let done = env.records.record_system(admin(a1), grant.grant_id, proposed).await.unwrap();
+    env.projections.wait_for(done.position, Duration::from_secs(10)).await.unwrap();
+    let row = env.read.role_grant(grant.grant_id).await.unwrap().unwrap();
+    assert_eq!((row.state.status, row.state.proposed_by), (GrantStatus::Pending, a1));
+    assert!(env.read.user(user).await.unwrap().unwrap().roles.is_empty());
+    // An approval naming another role than the proposal's changes nothing.
+    let wrong = DomainEvent::RoleGrantApproved(RoleGrant { role: Role::Auditor, ..grant.clone() });
+    env.records.record_system(admin(a2), Uuid::now_v7(), wrong).await.unwrap();
+    let approved = DomainEvent::RoleGrantApproved(grant.clone());
+    env.records.record_system(admin(a2), Uuid::now_v7(), approved).await.unwrap();
+    // A later cancellation of the decided grant changes nothing either.
+    let cancelled = DomainEvent::RoleGrantCancelled(grant.clone());
+    let done = env.records.record_system(admin(a1), Uuid::now_v7(), cancelled).await.unwrap();
+    env.projections.wait_for(done.position, Duration::from_secs(10)).await.unwrap();
+    let row = env.read.role_grant(grant.grant_id).await.unwrap().unwrap();
+    assert_eq!((row.state.status, row.decided_by), (GrantStatus::Approved, Some(a2)));
+    assert_eq!(env.read.user(user).await.unwrap().unwrap().roles, BTreeSet::from([Role::Physician]));
+    let pending = env.read.role_grants(Some(GrantStatus::Pending), None, 10).await.unwrap();
+    assert!(pending.is_empty());
+    assert_eq!(env.read.role_grants(None, Some(user), 10).await.unwrap().len(), 1);
+    // The upgraded access log keeps case references.
+    let p = Uuid::now_v7();
+    let access = RecordAccessed { case_ref: Some("CASE-1".into()), ..viewed(p, ResourceKind::History) };
+    let done = env.records.record_access(actor(Role::Auditor), Uuid::now_v7(), access).await.unwrap();
+    env.projections.wait_for(done.position, Duration::from_secs(10)).await.unwrap();
+    let log = env.read.access_log(&by_patient(p)).await.unwrap();
+    assert_eq!(log[0].case_ref.as_deref(), Some("CASE-1"));
+    // A rebuild makes the same.
+    assert_eq!(env.projections.rebuild(Duration::from_secs(60)).await.unwrap(), 2);
+    assert_eq!(env.read.access_log(&by_patient(p)).await.unwrap(), log);
+    assert_eq!(
+        env.read.role_grant(grant.grant_id).await.unwrap().unwrap().state.status,
+        GrantStatus::Approved
+    );
     env.projections.shutdown().await;
 }

@@ -779,6 +779,7 @@ fn main() {
                             client_addr: Some("127.0.0.1".into()),
                             user_agent: Some("graphql-bench/1".into()),
                             session_id: Some(Uuid::now_v7()),
+                            case_ref: None,
                         };
                         let actor = Actor { user_id: d, role: Role::Physician.role_name() };
                         state.records.record_access(actor, Uuid::now_v7(), access).await.is_ok()

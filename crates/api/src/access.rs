@@ -123,6 +123,8 @@ impl RequestCtx {
 struct Pending {
     resources: BTreeSet<ResourceKind>,
     break_glass: Option<String>,
+    /// The case or matter the access was made for ([`authorize_read`]).
+    case_ref: Option<String>,
 }
 
 /// The record accesses a request made, by (patient, action).
@@ -144,6 +146,23 @@ impl AccessCollector {
         entry.resources.insert(resource);
         if break_glass.is_some() {
             entry.break_glass = break_glass;
+        }
+    }
+
+    /// Name the case an access collected for (`patient`, `action`) was made for. One
+    /// request names at most one case per patient and action
+    /// (`access.case_ref_conflict`).
+    fn set_case_ref(&self, patient: Uuid, action: AccessAction, case_ref: &str) -> ApiResult<()> {
+        let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry((patient, action)).or_default();
+        match &entry.case_ref {
+            Some(known) if known != case_ref => {
+                Err(ApiError::InvalidInput { code: "access.case_ref_conflict" })
+            }
+            _ => {
+                entry.case_ref = Some(case_ref.to_owned());
+                Ok(())
+            }
         }
     }
 
@@ -185,6 +204,7 @@ impl AccessCollector {
                 client_addr: req.client.addr.clone(),
                 user_agent: req.client.user_agent.clone(),
                 session_id: Some(p.session_id),
+                case_ref: pending.case_ref,
             };
             state.records.record_access(p.actor(), Uuid::now_v7(), access)
         });
@@ -230,6 +250,56 @@ pub async fn authorize<'a>(
         req.collector.add(patient, resource, action, break_glass);
     }
     Ok(p)
+}
+
+/// The clock skew allowed for an `asOf` ahead of the server's clock.
+pub const AS_OF_SKEW: time::Duration = time::Duration::seconds(5);
+
+/// [`authorize`] for a read of a record now or as of `as_of`, naming the case or matter
+/// it is made for: `as_of` must not lie in the future (beyond [`AS_OF_SKEW`]:
+/// `access.as_of_in_future`, for everyone), `case_ref` must be a valid reference
+/// (`domain::staff::validate_case_ref`), and the roles and operations of
+/// [`policy::needs_case_ref`] must name one (`access.case_ref_required`, recorded as a
+/// refusal). A named case is recorded in the access event.
+pub async fn authorize_read<'a>(
+    ctx: &Context<'a>,
+    op: Operation,
+    patient: Uuid,
+    as_of: Option<time::OffsetDateTime>,
+    case_ref: Option<&str>,
+) -> ApiResult<&'a Principal> {
+    let (_, req) = parts(ctx)?;
+    if as_of.is_some_and(|t| t > time::OffsetDateTime::now_utc() + AS_OF_SKEW) {
+        return Err(ApiError::InvalidInput { code: "access.as_of_in_future" });
+    }
+    if let Some(c) = case_ref {
+        domain::staff::validate_case_ref(c).map_err(|e| ApiError::InvalidInput { code: e.code() })?;
+    }
+    let p = req.principal()?;
+    if case_ref.is_none() && policy::needs_case_ref(p.role, op) {
+        return Err(refuse(ctx, op, Some(patient), "access.case_ref_required").await);
+    }
+    let p = authorize(ctx, op, Some(patient)).await?;
+    if let (Some(c), Some((_, action))) = (case_ref, op.audited_as()) {
+        req.collector.set_case_ref(patient, action, c)?;
+    }
+    Ok(p)
+}
+
+/// Refuse `op` for a reason of its own (a stable code, e.g. `domain.self_grant`):
+/// recorded like a policy refusal (`security.access_denied` with the code as reason),
+/// answered as invalid input for `access.*` codes and as a refused command otherwise.
+pub async fn refuse(ctx: &Context<'_>, op: Operation, patient: Option<Uuid>, code: &'static str) -> ApiError {
+    if let Ok((state, req)) = parts(ctx) {
+        if let Ok(p) = req.principal() {
+            deny(state, req, p, op, patient, code).await;
+        }
+    }
+    if code.starts_with("access.") {
+        ApiError::InvalidInput { code }
+    } else {
+        ApiError::Refused { code }
+    }
 }
 
 /// Decide again, outside a request (a subscription's next notification): the session

@@ -176,6 +176,15 @@ pub fn rule(role: Role, op: Operation) -> Rule {
     }
 }
 
+/// Whether `role` must name a case or matter (`caseRef`) for `op`. Auditors and legal
+/// staff read any patient's record without a care-team or consent condition; for what
+/// the record says (its history, or the record as of a time) they must say which case
+/// the read is for, and the access event records it for review.
+pub fn needs_case_ref(role: Role, op: Operation) -> bool {
+    matches!(role, Role::Auditor | Role::Legal)
+        && matches!(op, Operation::PointInTime | Operation::ReadHistory)
+}
+
 /// The purpose of use a role's requests declare when the client names none.
 pub fn default_purpose(role: Role) -> PurposeOfUse {
     match role {
@@ -226,6 +235,22 @@ mod tests {
                 Operation::PointInTime,
             ] {
                 assert_eq!(rule(role, op), Rule::Deny);
+            }
+        }
+    }
+
+    #[test]
+    fn auditors_and_legal_name_a_case_for_every_clinical_read_they_may_make() {
+        for role in Role::ALL {
+            for op in Operation::ALL {
+                let clinical =
+                    matches!(op, Operation::ReadClinical | Operation::ReadHistory | Operation::PointInTime);
+                if matches!(role, Role::Auditor | Role::Legal) && clinical && rule(role, op) != Rule::Deny {
+                    assert!(needs_case_ref(role, op), "{role:?} {op:?}");
+                }
+                if !matches!(role, Role::Auditor | Role::Legal) {
+                    assert!(!needs_case_ref(role, op), "{role:?} {op:?}");
+                }
             }
         }
     }

@@ -56,6 +56,8 @@ struct Server {
     url: String,
     http: reqwest::Client,
     admin: String,
+    /// A second administrator, who approves the first one's role grants.
+    admin2: String,
 }
 
 const ADMIN_PASSWORD: &str = "bootstrap admin password";
@@ -88,8 +90,19 @@ async fn server(tune: impl FnOnce(&mut ApiConfig, &mut StoreConfig)) -> Server {
     let app = api::http::router(state.clone(), false).into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let http = reqwest::Client::builder().user_agent("api-tests/1").build().unwrap();
-    let mut s = Server { db, state, url: format!("http://{addr}"), http, admin: String::new() };
+    let mut s = Server {
+        db,
+        state,
+        url: format!("http://{addr}"),
+        http,
+        admin: String::new(),
+        admin2: String::new(),
+    };
     s.admin = s.login_with("admin", ADMIN_PASSWORD).await;
+    // The installation's first administrator grant is the one the bootstrap
+    // administrator approves alone (domain::staff); every later one needs two.
+    let (_, admin2) = s.user("admin2", "ADMINISTRATOR", None).await;
+    s.admin2 = admin2;
     s
 }
 
@@ -146,7 +159,23 @@ impl Server {
             )
             .await;
         r.data();
+        self.approve_pending(id).await;
         (id, self.login_with(name, INITIAL).await)
+    }
+
+    /// Approve, as the second administrator, every pending role grant of `user` (the
+    /// first administrator proposed them). Before `admin2` exists, nothing is pending
+    /// (the first administrator grant is approved by its proposer).
+    async fn approve_pending(&self, user: Uuid) {
+        let list = "query($u: UUID!) { roleGrants(userId: $u, status: PENDING) { grantId } }";
+        let pending = self.gql(Some(&self.admin), list, json!({"u": user})).await;
+        let approve =
+            "mutation($g: UUID!, $e: UUID!) { approveRoleGrant(grantId: $g, eventId: $e) { status } }";
+        for g in pending.data()["roleGrants"].as_array().unwrap() {
+            let r =
+                self.gql(Some(&self.admin2), approve, json!({"g": g["grantId"], "e": Uuid::now_v7()})).await;
+            assert_eq!(r.data()["approveRoleGrant"]["status"], "APPROVED");
+        }
     }
 
     /// Log in again (after the first login changed the password).
@@ -306,7 +335,7 @@ fn request(op: Operation, p: Uuid, e: Uuid, clinician: Uuid, someone: Uuid) -> (
             json!({"p": p, "i": Uuid::now_v7(), "c": soap("matrix"), "e": ev}),
         ),
         Operation::ReadHistory => (
-            "query($p: UUID!, $i: UUID!) { entry(patientId: $p, entryId: $i) { versions { version } } }",
+            "query($p: UUID!, $i: UUID!) { entry(patientId: $p, entryId: $i, caseRef: \"MATRIX-1\") { versions { version } } }",
             json!({"p": p, "i": e}),
         ),
         Operation::ReadConsents => ("query($p: UUID!) { consents(patientId: $p) { version } }", json!({"p": p})),
@@ -330,7 +359,7 @@ fn request(op: Operation, p: Uuid, e: Uuid, clinician: Uuid, someone: Uuid) -> (
         ),
         Operation::ReadAuditTrail => ("{ securityEvents(first: 5) { eventType } }", json!({})),
         Operation::PointInTime => (
-            "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t) { entries { entryId } } }",
+            "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t, caseRef: \"MATRIX-1\") { entries { entryId } } }",
             json!({"p": p, "t": now}),
         ),
         Operation::ReadStaff => ("query($u: UUID!) { user(userId: $u) { username } }", json!({"u": someone})),
@@ -729,7 +758,7 @@ async fn chart_history_point_in_time_and_read_your_writes() {
     assert_eq!(notes[0]["versions"][0]["authorId"], json!(doc));
     assert_eq!(notes[0]["versions"][1]["authorName"], "Test user");
     // The auditor sees the chart as it stood at t1.
-    let pit = "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t) { asOf notes { current { content version } } demographics { name { family } } } }";
+    let pit = "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t, caseRef: \"CASE-RYW\") { asOf notes { current { content version } } demographics { name { family } } } }";
     let old = s.gql(Some(&atok), pit, json!({"p": p, "t": t1})).await;
     assert_eq!(old.data()["chart"]["notes"][0]["current"]["content"]["subjective"], "first version");
     assert_eq!(old.data()["chart"]["demographics"]["name"]["family"], "Historyfamily");
@@ -877,7 +906,7 @@ async fn reused_entry_lists_equal_fresh_ones_and_follow_the_chart() {
     assert_eq!(after["entries"][0]["current"]["version"], json!(2));
     assert_eq!(after["entries"][0]["current"]["content"]["subjective"], "amended");
     assert_eq!(read(ntok.clone(), fresh, p).await, after);
-    let pit = "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t) { entries { current { version content } } } }";
+    let pit = "query($p: UUID!, $t: DateTime!) { chart(patientId: $p, asOf: $t, caseRef: \"CASE-REUSE\") { entries { current { version content } } } }";
     let old = s.gql(Some(&atok), pit, json!({"p": p, "t": t1})).await;
     assert_eq!(old.data()["chart"]["entries"][0]["current"]["version"], json!(1));
     assert_eq!(old.data()["chart"]["entries"][0]["current"]["content"]["subjective"], "note of Reusefamily");
@@ -1156,4 +1185,312 @@ async fn absolute_lifetime_unique_names_and_deactivation() {
     assert!(ev
         .iter()
         .any(|e| e["eventType"] == "security.login_failed" && e["payload"]["failure"] == "deactivated"));
+}
+
+// ------------------------------------------------------------------ separation of duties
+
+const GRANT: &str = "mutation($u: UUID!, $r: Role!, $e: UUID!) { grantRole(userId: $u, role: $r, eventId: $e) { grantId userId role status proposedBy decidedBy position } }";
+const APPROVE: &str =
+    "mutation($g: UUID!, $e: UUID!) { approveRoleGrant(grantId: $g, eventId: $e) { grantId status decidedBy } }";
+const CANCEL: &str =
+    "mutation($g: UUID!, $e: UUID!) { cancelRoleGrant(grantId: $g, eventId: $e) { grantId status decidedBy } }";
+const ASSIGN: &str = "mutation($p: UUID!, $c: UUID!, $e: UUID!) { assignCareTeamMember(patientId: $p, clinicianId: $c, careRole: ATTENDING, eventId: $e) { position } }";
+
+impl Server {
+    async fn my_id(&self, token: &str) -> Uuid {
+        let me = self.gql(Some(token), "{ me { userId } }", json!({})).await;
+        serde_json::from_value(me.data()["me"]["userId"].clone()).unwrap()
+    }
+
+    async fn roles_of(&self, user: Uuid) -> Value {
+        let r = self
+            .gql(Some(&self.admin), "query($u: UUID!) { user(userId: $u) { roles } }", json!({"u": user}))
+            .await;
+        r.data()["user"]["roles"].clone()
+    }
+
+    async fn grants_of(&self, user: Uuid) -> Vec<Value> {
+        let q = "query($u: UUID!) { roleGrants(userId: $u) { grantId role status proposedBy decidedBy } }";
+        self.gql(Some(&self.admin2), q, json!({"u": user})).await.data()["roleGrants"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The reasons of the `security.access_denied` events so far.
+    async fn denial_reasons(&self) -> Vec<String> {
+        let ev = self
+            .gql(Some(&self.admin2), "{ securityEvents(first: 500) { eventType payload } }", json!({}))
+            .await;
+        ev.data()["securityEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["eventType"] == "security.access_denied")
+            .map(|e| e["payload"]["reason"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Issue 15, item 8: the escalation path `grantRole(self, PHYSICIAN)`,
+/// `assignCareTeamMember(P, self)`, log in as physician, read the chart, is closed at
+/// every step, and a clinical role takes effect only with a second administrator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_cannot_give_themselves_clinical_access() {
+    let s = server(|_, _| {}).await;
+    let admin_id = s.my_id(&s.admin).await;
+    let admin2_id = s.my_id(&s.admin2).await;
+    let (_, rtok) = s.user("desk.sod", "RECEPTIONIST", None).await;
+    let (doc, dtok) = s.user("dr.sod", "PHYSICIAN", None).await;
+    let (p, _) = s.register(&rtok, "Separationfamily").await;
+    s.wait(s.assign(p, doc).await).await;
+    let rec = s
+        .gql(
+            Some(&dtok),
+            RECORD_ENTRY,
+            json!({"p": p, "i": Uuid::now_v7(), "c": soap("sod note"), "e": Uuid::now_v7()}),
+        )
+        .await;
+    s.wait(rec.data()["recordEntry"]["position"].as_u64().unwrap()).await;
+
+    // 1. Nobody grants a role to themselves: not a clinical one, not any.
+    for role in ["PHYSICIAN", "NURSE", "AUDITOR", "RECEPTIONIST", "ADMINISTRATOR"] {
+        let r = s.gql(Some(&s.admin), GRANT, json!({"u": admin_id, "r": role, "e": Uuid::now_v7()})).await;
+        assert_eq!(r.err(), "domain.self_grant", "{role}");
+    }
+    assert_eq!(s.roles_of(admin_id).await, json!(["ADMINISTRATOR"]));
+    // 2. Nor assigns themselves to a care team.
+    let r = s.gql(Some(&s.admin), ASSIGN, json!({"p": p, "c": admin_id, "e": Uuid::now_v7()})).await;
+    assert_eq!(r.err(), "domain.self_assignment");
+    let team = s
+        .gql(Some(&dtok), "query($p: UUID!) { careTeam(patientId: $p) { clinicianId } }", json!({"p": p}))
+        .await;
+    assert!(!team.data()["careTeam"].as_array().unwrap().iter().any(|m| m["clinicianId"] == json!(admin_id)));
+    // 3. So the administrator cannot log in as a physician, nor read the chart.
+    let login = s.gql(None, LOGIN, json!({"u": "admin", "p": PASSWORD, "r": "PHYSICIAN"})).await;
+    assert_eq!(login.err(), "auth.invalid_credentials");
+    let chart = "query($p: UUID!) { chart(patientId: $p) { entries { entryId } } }";
+    assert_eq!(s.gql(Some(&s.admin), chart, json!({"p": p})).await.err(), "authz.forbidden");
+    // 4. A grant to them proposed by the other administrator is theirs to approve
+    //    neither: approving a grant to oneself is granting oneself the role.
+    let g =
+        s.gql(Some(&s.admin2), GRANT, json!({"u": admin_id, "r": "PHYSICIAN", "e": Uuid::now_v7()})).await;
+    assert_eq!(g.data()["grantRole"]["status"], "PENDING");
+    let gid = g.data()["grantRole"]["grantId"].clone();
+    assert_eq!(
+        s.gql(Some(&s.admin), APPROVE, json!({"g": gid, "e": Uuid::now_v7()})).await.err(),
+        "domain.self_grant"
+    );
+    assert_eq!(s.roles_of(admin_id).await, json!(["ADMINISTRATOR"]));
+    let c = s.gql(Some(&s.admin2), CANCEL, json!({"g": gid, "e": Uuid::now_v7()})).await;
+    assert_eq!(c.data()["cancelRoleGrant"]["status"], "CANCELLED");
+
+    // 5. A sock puppet: created with a clinical role by one administrator, the account
+    //    exists without it; the grant is pending and cannot be approved by its proposer.
+    let puppet = Uuid::now_v7();
+    let create = "mutation($id: UUID!, $e: UUID!) { createUser(userId: $id, username: \"sock.puppet\", displayName: \"Puppet\", roles: [PHYSICIAN], initialPassword: \"initial password from the admin\", eventId: $e) { position } }";
+    s.gql(Some(&s.admin), create, json!({"id": puppet, "e": Uuid::now_v7()})).await.data();
+    assert_eq!(s.roles_of(puppet).await, json!([]));
+    let grants = s.grants_of(puppet).await;
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["status"], "PENDING");
+    assert_eq!(grants[0]["role"], "PHYSICIAN");
+    assert_eq!(grants[0]["proposedBy"], json!(admin_id));
+    let pending = s.gql(Some(&s.admin2), "{ roleGrants(status: PENDING) { grantId } }", json!({})).await;
+    assert!(pending.data()["roleGrants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["grantId"] == grants[0]["grantId"]));
+    let login = s.gql(None, LOGIN, json!({"u": "sock.puppet", "p": INITIAL, "r": "PHYSICIAN"})).await;
+    assert_eq!(login.err(), "auth.invalid_credentials");
+    let self_approval =
+        s.gql(Some(&s.admin), APPROVE, json!({"g": grants[0]["grantId"], "e": Uuid::now_v7()})).await;
+    assert_eq!(self_approval.err(), "domain.self_approval");
+    assert_eq!(s.roles_of(puppet).await, json!([]));
+    // A second grant by one administrator is just as pending.
+    let nurse = s.gql(Some(&s.admin), GRANT, json!({"u": puppet, "r": "NURSE", "e": Uuid::now_v7()})).await;
+    assert_eq!(nurse.data()["grantRole"]["status"], "PENDING");
+    assert_eq!(nurse.data()["grantRole"]["proposedBy"], json!(admin_id));
+    assert_eq!(s.roles_of(puppet).await, json!([]));
+    // The receptionist role (no clinical content) needs one administrator only.
+    let desk =
+        s.gql(Some(&s.admin), GRANT, json!({"u": puppet, "r": "RECEPTIONIST", "e": Uuid::now_v7()})).await;
+    assert_eq!(desk.data()["grantRole"]["status"], "APPROVED");
+    assert_eq!(s.roles_of(puppet).await, json!(["RECEPTIONIST"]));
+
+    // 6. The second administrator's approval is what makes a clinical role effective;
+    //    a grant is decided once.
+    let ok = s.gql(Some(&s.admin2), APPROVE, json!({"g": grants[0]["grantId"], "e": Uuid::now_v7()})).await;
+    assert_eq!(ok.data()["approveRoleGrant"]["status"], "APPROVED");
+    assert_eq!(ok.data()["approveRoleGrant"]["decidedBy"], json!(admin2_id));
+    assert_eq!(s.roles_of(puppet).await, json!(["PHYSICIAN", "RECEPTIONIST"]));
+    let again =
+        s.gql(Some(&s.admin2), APPROVE, json!({"g": grants[0]["grantId"], "e": Uuid::now_v7()})).await;
+    assert_eq!(again.err(), "domain.grant_not_pending");
+    let nid = nurse.data()["grantRole"]["grantId"].clone();
+    let cancel = s.gql(Some(&s.admin), CANCEL, json!({"g": nid, "e": Uuid::now_v7()})).await;
+    assert_eq!(cancel.data()["cancelRoleGrant"]["status"], "CANCELLED");
+    let late = s.gql(Some(&s.admin2), APPROVE, json!({"g": nid, "e": Uuid::now_v7()})).await;
+    assert_eq!(late.err(), "domain.grant_not_pending");
+    assert_eq!(s.roles_of(puppet).await, json!(["PHYSICIAN", "RECEPTIONIST"]));
+    // An unknown grant is not found; other roles cannot decide grants.
+    let unknown = s.gql(Some(&s.admin2), APPROVE, json!({"g": Uuid::now_v7(), "e": Uuid::now_v7()})).await;
+    assert_eq!(unknown.err(), "not_found");
+    let by_doctor = s.gql(Some(&dtok), APPROVE, json!({"g": nid, "e": Uuid::now_v7()})).await;
+    assert_eq!(by_doctor.err(), "authz.forbidden");
+
+    // 7. Every attempt is in the security log, with its reason.
+    let reasons = s.denial_reasons().await;
+    for code in ["domain.self_grant", "domain.self_approval", "domain.self_assignment"] {
+        assert!(reasons.iter().any(|r| r == code), "{code} not recorded: {reasons:?}");
+    }
+    // The ledger holds the signed proposals and decisions.
+    let head = s.state.store.head().size;
+    let all = s.state.store.read_all(0, head as usize, &store::AllFilter::default()).await.unwrap();
+    let types: Vec<String> = all.iter().map(|r| r.event.body().event_type.as_str().to_owned()).collect();
+    for t in ["staff.role_grant_proposed", "staff.role_grant_approved", "staff.role_grant_cancelled"] {
+        assert!(types.iter().any(|x| x == t), "{t}");
+    }
+}
+
+/// Issue 15, item 8: the first-administrator exception happens once. With two
+/// administrators, a third needs both; the bootstrap administrator alone cannot mint
+/// another approver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_administrator_cannot_mint_a_second_approver_after_the_first() {
+    let s = server(|_, _| {}).await;
+    let admin_id = s.my_id(&s.admin).await;
+    let admin2_id = s.my_id(&s.admin2).await;
+    // The one exception, made in `server()`: the bootstrap administrator's first
+    // administrator grant, proposed and approved by it, visible as such.
+    let first = s.grants_of(admin2_id).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["status"], "APPROVED");
+    assert_eq!(first[0]["proposedBy"], json!(admin_id));
+    assert_eq!(first[0]["decidedBy"], json!(admin_id));
+    // A third administrator needs a second one's approval.
+    let third = Uuid::now_v7();
+    let create = "mutation($id: UUID!, $e: UUID!) { createUser(userId: $id, username: \"admin.three\", displayName: \"Third\", roles: [ADMINISTRATOR], initialPassword: \"initial password from the admin\", eventId: $e) { position } }";
+    let ev = Uuid::now_v7();
+    let made = s.gql(Some(&s.admin), create, json!({"id": third, "e": ev})).await;
+    // A retry of the creation writes nothing new.
+    let retry = s.gql(Some(&s.admin), create, json!({"id": third, "e": ev})).await;
+    assert_eq!(made.data()["createUser"]["position"], retry.data()["createUser"]["position"]);
+    assert_eq!(s.roles_of(third).await, json!([]));
+    let grants = s.grants_of(third).await;
+    assert_eq!(grants.len(), 1, "a retried creation proposes once: {grants:?}");
+    assert_eq!(grants[0]["status"], "PENDING");
+    // Even with the second administrator deactivated (the first is alone again), the
+    // exception stays spent.
+    let deactivate =
+        "mutation($u: UUID!, $e: UUID!) { deactivateUser(userId: $u, eventId: $e) { position } }";
+    s.gql(Some(&s.admin), deactivate, json!({"u": admin2_id, "e": Uuid::now_v7()})).await.data();
+    let fourth =
+        s.gql(Some(&s.admin), GRANT, json!({"u": third, "r": "ADMINISTRATOR", "e": Uuid::now_v7()})).await;
+    assert_eq!(fourth.data()["grantRole"]["status"], "PENDING");
+    let own = s.gql(Some(&s.admin), APPROVE, json!({"g": grants[0]["grantId"], "e": Uuid::now_v7()})).await;
+    assert_eq!(own.err(), "domain.self_approval");
+    assert_eq!(s.roles_of(third).await, json!([]));
+}
+
+// ------------------------------------------------------------------ case references
+
+/// Issue 15, item 9: auditors and legal staff read a record's history or the record as
+/// of a time only naming a case, which the access event carries; `asOf` in the future
+/// is refused for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_in_time_reads_name_a_case_and_never_look_ahead() {
+    let s = server(|_, _| {}).await;
+    let (_, rtok) = s.user("desk.case", "RECEPTIONIST", None).await;
+    let (doc, dtok) = s.user("dr.case", "PHYSICIAN", None).await;
+    let (auditor, atok) = s.user("auditor.case", "AUDITOR", None).await;
+    let (legal, ltok) = s.user("legal.case", "LEGAL", None).await;
+    let (p, _) = s.register(&rtok, "Casefamily").await;
+    s.wait(s.assign(p, doc).await).await;
+    let entry = Uuid::now_v7();
+    let rec = s
+        .gql(
+            Some(&dtok),
+            RECORD_ENTRY,
+            json!({"p": p, "i": entry, "c": soap("case note"), "e": Uuid::now_v7()}),
+        )
+        .await;
+    s.wait(rec.data()["recordEntry"]["position"].as_u64().unwrap()).await;
+    let fmt = micros;
+    let now = fmt(time::OffsetDateTime::now_utc());
+    let chart = "query($p: UUID!, $t: DateTime, $c: String) { chart(patientId: $p, asOf: $t, caseRef: $c) { entries { current { content } } } }";
+    let entry_q = "query($p: UUID!, $i: UUID!, $c: String) { entry(patientId: $p, entryId: $i, caseRef: $c) { versions { version } } }";
+    let patient_q = "query($p: UUID!, $t: DateTime, $c: String) { patient(patientId: $p, asOf: $t, caseRef: $c) { mrn } }";
+    let before = s.access_log(p).await.len();
+
+    // Without a case: refused with a stable code, for every history and point-in-time
+    // field, and nothing is read or recorded as an access.
+    for tok in [&atok, &ltok] {
+        let r = s.gql(Some(tok), chart, json!({"p": p, "t": now, "c": null})).await;
+        assert_eq!(r.err(), "access.case_ref_required");
+        assert!(r.0["data"]["chart"].is_null());
+        let r = s.gql(Some(tok), patient_q, json!({"p": p, "t": now, "c": null})).await;
+        assert_eq!(r.err(), "access.case_ref_required");
+    }
+    let r = s.gql(Some(&atok), entry_q, json!({"p": p, "i": entry, "c": null})).await;
+    assert_eq!(r.err(), "access.case_ref_required");
+    assert_eq!(s.access_log(p).await.len(), before);
+    assert!(s.denial_reasons().await.iter().any(|r| r == "access.case_ref_required"));
+    // A malformed case reference is refused as such.
+    for (bad, code) in [
+        ("CASE\u{202E}1-ESAC".to_owned(), "domain.malformed_value"),
+        ("CASE\n1".to_owned(), "domain.malformed_value"),
+        ("x".repeat(129), "domain.too_long"),
+        ("   ".to_owned(), "domain.missing_field"),
+    ] {
+        let r = s.gql(Some(&atok), chart, json!({"p": p, "t": now, "c": bad})).await;
+        assert_eq!(r.err(), code, "{bad:?}");
+    }
+    assert_eq!(s.access_log(p).await.len(), before);
+
+    // With a case: allowed, and the access event carries it.
+    let r = s.gql(Some(&atok), chart, json!({"p": p, "t": now, "c": "AUDIT-2026/17"})).await;
+    assert_eq!(r.data()["chart"]["entries"][0]["current"]["content"]["subjective"], "case note");
+    let r =
+        s.gql(Some(&ltok), entry_q, json!({"p": p, "i": entry, "c": "Matter 4711 – Müller v. Clinic"})).await;
+    assert_eq!(r.data()["entry"]["versions"][0]["version"], json!(1));
+    let log = s.access_log(p).await;
+    let by = |u: Uuid| log.iter().find(|a| a.user_id == u).unwrap();
+    assert_eq!(by(auditor).case_ref.as_deref(), Some("AUDIT-2026/17"));
+    assert_eq!(by(legal).case_ref.as_deref(), Some("Matter 4711 – Müller v. Clinic"));
+    // ... and reviewers see it in the access log.
+    let q = "query($p: UUID!) { accessLog(patientId: $p, first: 50) { edges { node { userId caseRef } } } }";
+    let r = s.gql(Some(&s.admin), q, json!({"p": p})).await;
+    let edges = r.data()["accessLog"]["edges"].as_array().unwrap().clone();
+    assert!(edges
+        .iter()
+        .any(|e| e["node"]["userId"] == json!(auditor) && e["node"]["caseRef"] == "AUDIT-2026/17"));
+    // Reads of the present need none; a case given is recorded all the same.
+    s.gql(Some(&dtok), chart, json!({"p": p, "t": null, "c": null})).await.data();
+    s.gql(Some(&dtok), chart, json!({"p": p, "t": null, "c": "REVIEW-9"})).await.data();
+    assert!(s
+        .access_log(p)
+        .await
+        .iter()
+        .any(|a| a.user_id == doc && a.case_ref.as_deref() == Some("REVIEW-9")));
+    // Two different cases for one record in one request are refused.
+    let two = "query($p: UUID!, $t: DateTime) { a: chart(patientId: $p, asOf: $t, caseRef: \"A-1\") { revision } b: chart(patientId: $p, asOf: $t, caseRef: \"B-2\") { revision } }";
+    let r = s.gql(Some(&atok), two, json!({"p": p, "t": now})).await;
+    assert_eq!(r.err(), "access.case_ref_conflict");
+
+    // asOf in the future is refused for everyone, beyond a small clock skew.
+    let future = "2099-01-01T00:00:00Z";
+    for tok in [&atok, &ltok] {
+        let r = s.gql(Some(tok), chart, json!({"p": p, "t": future, "c": "AUDIT-2099"})).await;
+        assert_eq!(r.err(), "access.as_of_in_future");
+    }
+    // (for clinicians too, whom the policy refuses point-in-time reads anyway)
+    let r = s.gql(Some(&dtok), chart, json!({"p": p, "t": future, "c": null})).await;
+    assert_eq!(r.err(), "access.as_of_in_future");
+    let soon = fmt(time::OffsetDateTime::now_utc() + time::Duration::minutes(1));
+    let r = s.gql(Some(&dtok), patient_q, json!({"p": p, "t": soon, "c": null})).await;
+    assert_eq!(r.err(), "access.as_of_in_future");
+    let skew = fmt(time::OffsetDateTime::now_utc() + time::Duration::seconds(2));
+    s.gql(Some(&atok), patient_q, json!({"p": p, "t": skew, "c": "AUDIT-2026/17"})).await.data();
 }

@@ -507,6 +507,8 @@ pub struct AccessLogEntry {
     pub client_addr: Option<String>,
     pub user_agent: Option<String>,
     pub session_id: Option<Uuid>,
+    /// The case or matter named for the access (`access.recorded` v2).
+    pub case_ref: Option<String>,
 }
 
 impl AccessLogEntry {
@@ -527,6 +529,7 @@ impl AccessLogEntry {
             client_addr: a.client_addr.clone(),
             user_agent: a.user_agent.clone(),
             session_id: a.session_id,
+            case_ref: a.case_ref.clone(),
         })
     }
 }

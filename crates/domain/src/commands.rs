@@ -444,12 +444,17 @@ impl RecordAccessed {
                 text(v, max, f)?;
             }
         }
+        if let Some(c) = &self.case_ref {
+            crate::staff::validate_case_ref(c)?;
+        }
         Ok(())
     }
 }
 
 impl UserCreated {
-    /// User names are lowercase tokens; display names are bounded text.
+    /// User names are lowercase tokens; display names are bounded text. `roles` may be
+    /// empty: roles that need a second administrator's approval are not in it but
+    /// proposed beside it (`crate::staff`).
     pub fn validate(&self) -> Result<(), DomainError> {
         let u = &self.username;
         if u.is_empty()
@@ -459,9 +464,6 @@ impl UserCreated {
             return Err(DomainError::MalformedValue { field: "username" });
         }
         text(&self.display_name, 200, "display_name")?;
-        if self.roles.is_empty() {
-            return Err(DomainError::MissingField { field: "roles" });
-        }
         Ok(())
     }
 }

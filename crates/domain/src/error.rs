@@ -68,6 +68,14 @@ pub enum DomainError {
     MalformedPayload { category: &'static str },
     #[error("the event's payload has been erased")]
     PayloadErased,
+    #[error("nobody grants a role to themselves")]
+    SelfGrant,
+    #[error("a role grant must be approved by an administrator other than its proposer")]
+    SelfApproval,
+    #[error("the role grant is {state}, not pending")]
+    GrantNotPending { state: &'static str },
+    #[error("nobody assigns themselves to a care team")]
+    SelfAssignment,
 }
 
 impl DomainError {
@@ -106,6 +114,10 @@ impl DomainError {
             Self::FutureSchemaVersion { .. } => "domain.future_schema_version",
             Self::MalformedPayload { .. } => "domain.malformed_payload",
             Self::PayloadErased => "domain.payload_erased",
+            Self::SelfGrant => "domain.self_grant",
+            Self::SelfApproval => "domain.self_approval",
+            Self::GrantNotPending { .. } => "domain.grant_not_pending",
+            Self::SelfAssignment => "domain.self_assignment",
         }
     }
 }

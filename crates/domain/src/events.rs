@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::codes::{Coding, Quantity, ReferenceRange};
 use crate::error::DomainError;
 use crate::serde_time;
+pub use crate::staff::RoleGrant;
 
 // ---------------------------------------------------------------- patients
 
@@ -498,7 +499,7 @@ impl PurposeOfUse {
     }
 }
 
-/// `access.recorded` v1, in the patient's access stream: who (the actor, with the role
+/// `access.recorded` v2, in the patient's access stream: who (the actor, with the role
 /// held), what, why, and from where.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordAccessed {
@@ -515,6 +516,10 @@ pub struct RecordAccessed {
     pub user_agent: Option<String>,
     #[serde(default)]
     pub session_id: Option<Uuid>,
+    /// v2: the case or matter the access was made for (auditors and legal staff must
+    /// name one for history and point-in-time reads); free text, bounded, validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_ref: Option<String>,
 }
 
 // ---------------------------------------------------------------- security and staff
@@ -727,7 +732,7 @@ catalog! {
     AppointmentRescheduled(AppointmentRescheduled) = "appointment.rescheduled" v 1,
     AppointmentCancelled(AppointmentCancelled) = "appointment.cancelled" v 1,
     AppointmentCompleted(AppointmentCompleted) = "appointment.completed" v 1,
-    RecordAccessed(RecordAccessed) = "access.recorded" v 1,
+    RecordAccessed(RecordAccessed) = "access.recorded" v 2,
     LoginSucceeded(LoginSucceeded) = "security.login_succeeded" v 1,
     LoginFailed(LoginFailed) = "security.login_failed" v 1,
     MfaEnrolled(MfaEnrolled) = "security.mfa_enrolled" v 1,
@@ -739,6 +744,9 @@ catalog! {
     RoleGranted(RoleChanged) = "staff.role_granted" v 1,
     RoleRevoked(RoleChanged) = "staff.role_revoked" v 1,
     UserDeactivated(UserDeactivated) = "staff.user_deactivated" v 1,
+    RoleGrantProposed(RoleGrant) = "staff.role_grant_proposed" v 1,
+    RoleGrantApproved(RoleGrant) = "staff.role_grant_approved" v 1,
+    RoleGrantCancelled(RoleGrant) = "staff.role_grant_cancelled" v 1,
 }
 
 /// serde_json's messages can quote the offending value (PHI): keep only its category.
@@ -768,6 +776,7 @@ pub fn upcast(type_name: &str, version: u16, mut value: Value) -> Result<Value, 
     for from in version..current {
         value = match (type_name, from) {
             ("patient.registered", 1) => patient_registered_v1_to_v2(value)?,
+            ("access.recorded", 1) => access_recorded_v1_to_v2(value)?,
             _ => return Err(DomainError::MalformedPayload { category: "missing_upcaster" }),
         };
     }
@@ -781,6 +790,14 @@ fn patient_registered_v1_to_v2(mut v: Value) -> Result<Value, DomainError> {
     let phone = obj.remove("phone").unwrap_or(Value::Null);
     let email = obj.remove("email").unwrap_or(Value::Null);
     obj.insert("contact".into(), serde_json::json!({ "phone": phone, "email": email, "address": null }));
+    Ok(v)
+}
+
+/// v2 added the optional `case_ref`. A v1 payload names no case: a `case_ref` member in
+/// one (unknown to v1, so ignored by v1 readers) is dropped, never read as a case.
+fn access_recorded_v1_to_v2(mut v: Value) -> Result<Value, DomainError> {
+    let obj = v.as_object_mut().ok_or(DomainError::MalformedPayload { category: "data" })?;
+    obj.remove("case_ref");
     Ok(v)
 }
 
@@ -869,6 +886,20 @@ mod tests {
         assert_eq!(p.contact.phone.as_deref(), Some("+44 20 0000"));
         assert_eq!(p.contact.email, None);
         assert_eq!(p.mrn, "MRN-1");
+    }
+
+    #[test]
+    fn access_recorded_v1_decodes_without_a_case_and_v2_keeps_it() {
+        let v1 = br#"{"patient_id":"0193a4b2-0000-7000-8000-000000000001","resources":["history"],"action":"view","purpose":"audit","break_glass_reason":null,"client_addr":null,"user_agent":null,"session_id":null,"case_ref":"smuggled"}"#;
+        let DomainEvent::RecordAccessed(a) = DomainEvent::decode("access.recorded", 1, v1).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(a.case_ref, None);
+        let v2 = DomainEvent::RecordAccessed(RecordAccessed { case_ref: Some("CASE-1".into()), ..a.clone() });
+        assert_eq!(DomainEvent::decode("access.recorded", 2, &v2.to_payload()).unwrap(), v2);
+        // Without a case, a v2 payload is byte for byte what v1 wrote.
+        let plain = DomainEvent::RecordAccessed(a).to_payload();
+        assert!(!String::from_utf8(plain).unwrap().contains("case_ref"));
     }
 
     #[test]

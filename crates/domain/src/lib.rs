@@ -9,6 +9,8 @@
 //!   chart. The projection runner applies the same fold into PostgreSQL; point-in-time
 //!   replay applies it in memory.
 //! - [`streams`]: which stream each event belongs to.
+//! - [`staff`]: role grants under separation of duties (who may propose, approve or
+//!   cancel a grant) and the case reference rule for audited reads.
 
 pub mod chart;
 pub mod codes;
@@ -18,6 +20,7 @@ pub mod events;
 mod retry;
 mod serde_time;
 pub mod sim;
+pub mod staff;
 pub mod streams;
 
 pub use chart::Chart;

@@ -148,6 +148,7 @@ impl Sim {
                     client_addr: Some(format!("10.0.{}.{}", self.rng.below(255), self.rng.below(255))),
                     user_agent: Some("Mozilla/5.0".to_owned()),
                     session_id: Some(self.rng.uuid_v7()),
+                    case_ref: None,
                 },
             };
         }

@@ -37,6 +37,9 @@ pub struct AccessEvent {
     pub client_addr: Option<String>,
     pub user_agent: Option<String>,
     pub session_id: Option<Uuid>,
+    /// The case or matter named for the access (auditors and legal staff must name one
+    /// for history and point-in-time reads).
+    pub case_ref: Option<String>,
 }
 
 impl From<AccessLogEntry> for AccessEvent {
@@ -55,6 +58,7 @@ impl From<AccessLogEntry> for AccessEvent {
             client_addr: a.client_addr,
             user_agent: a.user_agent,
             session_id: a.session_id,
+            case_ref: a.case_ref,
         }
     }
 }

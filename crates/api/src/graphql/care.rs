@@ -11,7 +11,7 @@ use crate::error::ApiResult;
 
 use super::execute;
 use super::types::{dt, CareRole, Written};
-use crate::access::{authorize, parts, wait_for};
+use crate::access::{authorize, parts, refuse, wait_for};
 use crate::error::ApiError;
 use crate::policy::Operation;
 
@@ -70,6 +70,9 @@ pub struct CareMutation;
 
 #[Object]
 impl CareMutation {
+    /// Put a clinician on the patient's care team. Nobody assigns themselves
+    /// (`domain.self_assignment`): an administrator would give themselves a clinical
+    /// role's access, a clinician under break-glass would make it permanent.
     async fn assign_care_team_member(
         &self,
         ctx: &Context<'_>,
@@ -78,6 +81,11 @@ impl CareMutation {
         care_role: CareRole,
         event_id: Uuid,
     ) -> ApiResult<Written> {
+        let (_, req) = parts(ctx)?;
+        if req.principal()?.user_id == clinician_id {
+            let code = domain::DomainError::SelfAssignment.code();
+            return Err(refuse(ctx, Operation::ManageCareTeam, Some(patient_id), code).await);
+        }
         let cmd = Command::AssignCareTeamMember { clinician_id, care_role: care_role.into() };
         execute(ctx, Operation::ManageCareTeam, patient_id, event_id, cmd).await
     }

@@ -214,15 +214,21 @@ pub struct ChartQuery;
 
 #[Object]
 impl ChartQuery {
-    /// A patient's chart now, or as the record stood at `asOf` (auditors).
+    /// A patient's chart now, or as the record stood at `asOf` (auditors; not in the
+    /// future: `access.as_of_in_future`). `caseRef` names the case or matter the read is
+    /// for (1-128 printable characters), recorded in the access event; auditors and legal
+    /// staff must give it for point-in-time reads (`access.case_ref_required`).
     async fn chart(
         &self,
         ctx: &Context<'_>,
         patient_id: Uuid,
         as_of: Option<OffsetDateTime>,
+        case_ref: Option<String>,
         min_position: Option<u64>,
     ) -> ApiResult<Option<ChartView>> {
-        let chart = read_chart(ctx, Operation::ReadClinical, patient_id, as_of, min_position).await?;
+        let chart =
+            read_chart(ctx, Operation::ReadClinical, patient_id, as_of, case_ref.as_deref(), min_position)
+                .await?;
         Ok(chart.filter(|c| c.demographics.is_some()).map(|chart| ChartView {
             patient_id,
             revision: chart.revision,
@@ -232,16 +238,20 @@ impl ChartQuery {
     }
 
     /// One entry with every version (named by its id or by one of its amendments' ids),
-    /// now or as of an earlier time.
+    /// now or as of an earlier time. `caseRef` as for `chart`: auditors and legal staff
+    /// must give it (the history holds the current content too).
     async fn entry(
         &self,
         ctx: &Context<'_>,
         patient_id: Uuid,
         entry_id: Uuid,
         as_of: Option<OffsetDateTime>,
+        case_ref: Option<String>,
         min_position: Option<u64>,
     ) -> ApiResult<Option<Entry>> {
-        let chart = read_chart(ctx, Operation::ReadHistory, patient_id, as_of, min_position).await?;
+        let chart =
+            read_chart(ctx, Operation::ReadHistory, patient_id, as_of, case_ref.as_deref(), min_position)
+                .await?;
         let Some(chart) = chart else { return Ok(None) };
         Ok(projections::pit::entry_named(&chart, entry_id).map(|e| Entry::new(&chart, e)))
     }

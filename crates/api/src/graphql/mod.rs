@@ -8,6 +8,7 @@ mod auth;
 mod care;
 mod chart;
 mod consents;
+mod grants;
 pub mod guard;
 pub mod parsed;
 mod patients;
@@ -42,6 +43,7 @@ pub struct QueryRoot(
     appointments::AppointmentQuery,
     audit::AuditQuery,
     staff::StaffQuery,
+    grants::GrantQuery,
 );
 
 #[derive(MergedObject, Debug, Default)]
@@ -53,6 +55,7 @@ pub struct MutationRoot(
     care::CareMutation,
     appointments::AppointmentMutation,
     staff::StaffMutation,
+    grants::GrantMutation,
 );
 
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, updates::SubscriptionRoot>;
@@ -144,18 +147,21 @@ fn record_op(present: Operation, point_in_time: bool) -> Operation {
 }
 
 /// Read a patient's record: authorize `present` (or, with `as_of`, point-in-time
-/// access), wait for `min_position`, and load the chart from the read model (now) or by
-/// replaying the ledger (as of a time). The current chart is the one the care-team
-/// decision read, unless the request waited for a position.
+/// access; `as_of` not in the future, and the case named where the role must name one:
+/// [`crate::access::authorize_read`]), wait for `min_position`, and load the chart from
+/// the read model (now) or by replaying the ledger (as of a time). The current chart is
+/// the one the care-team decision read, unless the request waited for a position.
 async fn read_chart(
     ctx: &Context<'_>,
     present: Operation,
     patient_id: Uuid,
     as_of: Option<OffsetDateTime>,
+    case_ref: Option<&str>,
     min_position: Option<u64>,
 ) -> ApiResult<Option<Arc<Chart>>> {
     let (state, req) = parts(ctx)?;
-    authorize(ctx, record_op(present, as_of.is_some()), Some(patient_id)).await?;
+    let op = record_op(present, as_of.is_some());
+    crate::access::authorize_read(ctx, op, patient_id, as_of, case_ref).await?;
     wait_for(state, min_position).await?;
     Ok(match as_of {
         Some(t) => {

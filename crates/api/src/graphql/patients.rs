@@ -95,15 +95,18 @@ pub struct PatientQuery;
 
 #[Object]
 impl PatientQuery {
-    /// A patient's demographics, now or as they stood at `asOf`.
+    /// A patient's demographics, now or as they stood at `asOf` (with `caseRef` as for
+    /// `chart`).
     async fn patient(
         &self,
         ctx: &Context<'_>,
         patient_id: Uuid,
         as_of: Option<OffsetDateTime>,
+        case_ref: Option<String>,
         min_position: Option<u64>,
     ) -> ApiResult<Option<Patient>> {
-        let chart = read_chart(ctx, Operation::ReadDemographics, patient_id, as_of, min_position).await?;
+        let op = Operation::ReadDemographics;
+        let chart = read_chart(ctx, op, patient_id, as_of, case_ref.as_deref(), min_position).await?;
         Ok(chart.and_then(|c| c.demographics.as_ref().map(|d| Patient::from_domain(patient_id, d))))
     }
 

@@ -4,12 +4,15 @@ use std::collections::BTreeSet;
 
 use async_graphql::{Context, Object, SimpleObject};
 use domain::events::{DomainEvent, Role as DRole, RoleChanged, UserCreated, UserDeactivated};
+use domain::staff::RoleGrant as DRoleGrant;
 use uuid::Uuid;
 
 use crate::error::ApiResult;
 
+use super::grants::{self, RoleGrant};
 use super::types::{Role, Written};
 use crate::access::{authorize, parts};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::policy::Operation;
 use crate::AppState;
@@ -45,7 +48,7 @@ impl StaffQuery {
 
 /// Write a staff event and wait until the read models have it (a new user can log in
 /// as soon as the mutation answers).
-async fn staff_event(
+pub(super) async fn staff_event(
     state: &AppState,
     actor: ledger::Actor,
     event_id: Uuid,
@@ -62,7 +65,10 @@ pub struct StaffMutation;
 #[Object]
 impl StaffMutation {
     /// Create an account with an initial password (at least 12 characters). Patient
-    /// accounts name their own record in `patientId`.
+    /// accounts name their own record in `patientId`. Roles that need a second
+    /// administrator (every role but receptionist) are not given at once: each is
+    /// proposed as a pending grant (`roleGrants(userId:)`), in effect once another
+    /// administrator approves it (`approveRoleGrant`).
     #[allow(clippy::too_many_arguments)]
     async fn create_user(
         &self,
@@ -78,18 +84,30 @@ impl StaffMutation {
         let (state, _) = parts(ctx)?;
         let p = authorize(ctx, Operation::ManageStaff, None).await?;
         let roles: BTreeSet<DRole> = roles.into_iter().map(Into::into).collect();
+        if roles.is_empty() {
+            return Err(ApiError::InvalidInput { code: "staff.roles_missing" });
+        }
         if roles.contains(&DRole::Patient) != patient_id.is_some()
             || (roles.contains(&DRole::Patient) && roles.len() > 1)
         {
             return Err(ApiError::InvalidInput { code: "staff.patient_account" });
         }
-        let event = UserCreated { user_id, username: username.clone(), display_name, roles, patient_id };
+        let (pending, at_once): (BTreeSet<DRole>, BTreeSet<DRole>) =
+            roles.into_iter().partition(|r| r.needs_second_approval());
+        let event =
+            UserCreated { user_id, username: username.clone(), display_name, roles: at_once, patient_id };
         event.validate().map_err(|e| ApiError::Refused { code: e.code() })?;
+        if user_id == p.user_id {
+            return Err(ApiError::Refused { code: "staff.user_exists" });
+        }
         if state.read.user(user_id).await?.is_some() {
             // A retry of this very creation is answered with its result; anything else
             // must not reset an existing account's password.
             if state.store.event_by_id(event_id).await.map_err(ApiError::from)?.is_some() {
-                return staff_event(state, p.actor(), event_id, DomainEvent::UserCreated(event)).await;
+                let written =
+                    staff_event(state, p.actor(), event_id, DomainEvent::UserCreated(event)).await?;
+                propose_all(ctx, p, user_id, event_id, pending).await?;
+                return Ok(written);
             }
             return Err(ApiError::Refused { code: "staff.user_exists" });
         }
@@ -97,23 +115,28 @@ impl StaffMutation {
             return Err(ApiError::Refused { code: "staff.username_taken" });
         }
         state.auth.set_credentials(user_id, &username, &initial_password, true).await?;
-        staff_event(state, p.actor(), event_id, DomainEvent::UserCreated(event)).await
+        let written = staff_event(state, p.actor(), event_id, DomainEvent::UserCreated(event)).await?;
+        propose_all(ctx, p, user_id, event_id, pending).await?;
+        Ok(written)
     }
 
+    /// Grant a role. Nobody grants a role to themselves (`domain.self_grant`). Every
+    /// role but receptionist needs a second administrator: the answer is then a
+    /// `PENDING` grant (its id is `eventId`) that takes effect when another
+    /// administrator approves it (`approveRoleGrant`).
     async fn grant_role(
         &self,
         ctx: &Context<'_>,
         user_id: Uuid,
         role: Role,
         event_id: Uuid,
-    ) -> ApiResult<Written> {
+    ) -> ApiResult<RoleGrant> {
         let (state, _) = parts(ctx)?;
         let p = authorize(ctx, Operation::ManageStaff, None).await?;
         if state.read.user(user_id).await?.is_none() {
             return Err(ApiError::NotFound);
         }
-        let event = DomainEvent::RoleGranted(RoleChanged { user_id, role: role.into() });
-        staff_event(state, p.actor(), event_id, event).await
+        grants::propose(ctx, p, DRoleGrant { grant_id: event_id, user_id, role: role.into() }).await
     }
 
     /// Revoke a role; the user's sessions end (they may have been acting in it).
@@ -152,4 +175,20 @@ impl StaffMutation {
         state.auth.revoke_user_sessions(user_id).await?;
         Ok(written)
     }
+}
+
+/// Propose each of `roles` for a user being created by `create_event`: one grant per
+/// role, with ids derived from the creation's event id (a retry proposes the same).
+async fn propose_all(
+    ctx: &Context<'_>,
+    p: &Principal,
+    user_id: Uuid,
+    create_event: Uuid,
+    roles: BTreeSet<DRole>,
+) -> ApiResult<()> {
+    for role in roles {
+        let grant_id = grants::derived_id(create_event, &format!("grant:{}", role.as_str()));
+        grants::propose(ctx, p, DRoleGrant { grant_id, user_id, role }).await?;
+    }
+    Ok(())
 }

@@ -313,6 +313,8 @@ async fn naming_no_role_is_recorded_and_counted() {
     let id = Uuid::now_v7();
     let create = "mutation($id: UUID!, $pw: String!, $e: UUID!) { createUser(userId: $id, username: \"two.roles\", displayName: \"Two roles\", roles: [RECEPTIONIST, AUDITOR], initialPassword: $pw, eventId: $e) { position } }";
     s.gql(Some(&s.admin), create, json!({"id": id, "pw": INITIAL, "e": Uuid::now_v7()})).await.data();
+    // The auditor role takes a second administrator's approval.
+    s.approve_pending(id).await;
     assert_eq!(
         login_code(&s, "two.roles", "a wrong password here", None).await.err().as_deref(),
         Some("auth.invalid_credentials")
