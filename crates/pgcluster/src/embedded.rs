@@ -4,8 +4,10 @@
 //! authentication over TCP from 127.0.0.1 only, no Unix socket, UTF8, C locale), then starts it
 //! with durable settings on the given port, else the port of its last start if free, else a free
 //! one. A server already running on the data directory (left by a process that crashed) is
-//! adopted if it answers. The server runs in its own session, so a Ctrl-C to the terminal does
-//! not reach it: [`Embedded::stop`] (or `Drop`) stops it.
+//! adopted if it answers. A `postmaster.pid` whose postmaster is dead (gone, a zombie, its pid
+//! reused) is cleared ([`crate::pidfile`]) and the cluster started afresh, on the first try.
+//! The server runs in its own session, so a Ctrl-C to the terminal does not reach it:
+//! [`Embedded::stop`] (or `Drop`) stops it.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -17,6 +19,7 @@ use sqlx::{ConnectOptions, Connection};
 use crate::bin_dir::{find_bin_dir, find_bin_dir_for, BinSearch};
 use crate::datadir::{cluster_version, init_cluster, remember_port, remembered_port, server_log};
 use crate::error::ClusterError;
+use crate::pidfile::{clear_stale, holder, Holder};
 use crate::tools::{free_port, port_is_free, postmaster_port, PgTools};
 use crate::{blocking, sql};
 
@@ -156,8 +159,22 @@ fn prepare(opts: EmbeddedOptions, search: &BinSearch) -> Result<Prepared, Cluste
     };
     let tools = PgTools::new(bin)?;
     if version.is_some() {
-        if let Some(pid) = tools.running_pid(&data_dir)? {
-            return Ok(Prepared { tools, data_dir, port: opts.port, running: Some(pid) });
+        match tools.running_pid(&data_dir)? {
+            Some(pid) => match holder(pid, &data_dir) {
+                Holder::Postmaster => {
+                    return Ok(Prepared { tools, data_dir, port: opts.port, running: Some(pid) })
+                }
+                dead => {
+                    tracing::warn!(
+                        "pgcluster: postmaster.pid names pid {pid}, which is {}: starting afresh",
+                        dead.describe()
+                    );
+                    clear_stale(&tools, &data_dir, dead != Holder::Gone)?;
+                }
+            },
+            // A file left by a postmaster that is gone: the server replaces it itself, once
+            // the dead server's processes have let go of its shared memory.
+            None => clear_stale(&tools, &data_dir, false)?,
         }
     }
     if let Some(port) = opts.port.filter(|&port| !port_is_free(port)) {

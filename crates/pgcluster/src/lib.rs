@@ -2,7 +2,8 @@
 //!
 //! - [`Embedded`]: a **persistent** cluster in a data directory of the caller's choosing, with
 //!   durable settings, for `chartledger serve` without `DATABASE_URL`. Created on first start,
-//!   restarted on the same port when it is free, adopted when a crashed process left it running.
+//!   restarted on the same port when it is free, adopted when a crashed process left it running,
+//!   started afresh when its postmaster died (a stale `postmaster.pid`).
 //! - [`throwaway::start_throwaway_cluster`]: a **throwaway** cluster for tests, in a temp dir,
 //!   with fast unsafe settings, removed when stopped or when the test process dies.
 //!
@@ -27,6 +28,7 @@ mod bin_dir;
 mod datadir;
 mod embedded;
 mod error;
+mod pidfile;
 mod sql;
 pub mod throwaway;
 mod tools;

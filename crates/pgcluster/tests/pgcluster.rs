@@ -1,13 +1,14 @@
 //! Real clusters from the installed binaries: the persistent one keeps its data across a
 //! restart, reuses its port, adopts a server left running; typed errors for missing binaries,
-//! a taken port and unusable directories; the throwaway one serves and leaves nothing behind.
+//! a taken port and unusable directories; a dead postmaster (killed, a zombie, its pid
+//! reused) is replaced on the first start; the throwaway one serves and leaves nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsString;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgcluster::{BinSearch, Embedded, EmbeddedOptions};
 use sqlx::{Connection, PgConnection};
@@ -244,5 +245,113 @@ async fn a_running_server_that_does_not_answer_is_reported() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
     assert!(pg.adopted());
+    pg.stop().await.unwrap();
+}
+
+/// The pid on the first line of the data directory's `postmaster.pid`.
+fn postmaster_pid(data_dir: &Path) -> u32 {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
+    text.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// SIGKILL `pid`, and wait until it no longer runs (gone, or a zombie nobody reaps).
+fn kill_hard(pid: u32) {
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let running = state.is_some_and(|s| {
+            !matches!(s.rsplit(')').next().unwrap().trim_start().chars().next(), Some('Z' | 'X'))
+        });
+        if !running {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} still runs after SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Puts `pid` on the first line of `postmaster.pid`, as if the dead postmaster's pid now
+/// belonged to that process.
+fn name_in_pid_file(data_dir: &Path, pid: u32) {
+    let file = data_dir.join("postmaster.pid");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let rest = text.split_once('\n').unwrap().1;
+    std::fs::write(&file, format!("{pid}\n{rest}")).unwrap();
+}
+
+/// Starts the cluster again after its postmaster died, and checks it started afresh on the
+/// first try, quickly, with the row written before.
+async fn restart_after_a_dead_postmaster(data_dir: &Path) {
+    let started = Instant::now();
+    let pg = Embedded::start(options(data_dir, None)).await.unwrap();
+    let took = started.elapsed();
+    assert!(!pg.adopted(), "a dead postmaster was adopted");
+    eprintln!("restart after a dead postmaster: {took:?}");
+    assert!(took < Duration::from_secs(10), "the start took {took:?}");
+    let mut conn = PgConnection::connect(&pg.url("postgres")).await.unwrap();
+    let body: String =
+        sqlx::query_scalar("SELECT body FROM notes WHERE id = 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(body, "kept");
+    conn.close().await.unwrap();
+    std::mem::forget(pg); // left running for the caller to kill
+}
+
+async fn start_with_a_row(data_dir: &Path) {
+    let pg = Embedded::start(options(data_dir, None)).await.unwrap();
+    let mut conn = PgConnection::connect(&pg.url("postgres")).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL); INSERT INTO notes VALUES (1, 'kept')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    std::mem::forget(pg);
+}
+
+#[tokio::test]
+async fn a_killed_postmaster_is_replaced_on_the_first_start() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("pgdata");
+    start_with_a_row(&data_dir).await;
+    kill_hard(postmaster_pid(&data_dir));
+    restart_after_a_dead_postmaster(&data_dir).await;
+    Embedded::start(options(&data_dir, None)).await.unwrap().stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_postmaster_pid_naming_a_zombie_or_an_unrelated_process_is_cleared() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("pgdata");
+    start_with_a_row(&data_dir).await;
+
+    // The dead postmaster's pid is a zombie (this process is its parent and does not reap it).
+    kill_hard(postmaster_pid(&data_dir));
+    let mut zombie = std::process::Command::new("true").spawn().unwrap();
+    kill_hard(zombie.id()); // already exited: waits until it is a zombie
+    name_in_pid_file(&data_dir, zombie.id());
+    restart_after_a_dead_postmaster(&data_dir).await;
+    zombie.wait().unwrap();
+
+    // The pid now belongs to a live, unrelated process of the server's OS user (which
+    // `kill(pid, 0)` finds alive).
+    kill_hard(postmaster_pid(&data_dir));
+    let owner = std::fs::metadata(&data_dir).unwrap();
+    let mut unrelated = std::process::Command::new("sleep");
+    unrelated.arg("120").current_dir("/");
+    if running_as_root() {
+        use std::os::unix::process::CommandExt;
+        unrelated.uid(owner.uid()).gid(owner.gid());
+    }
+    let mut unrelated = unrelated.spawn().unwrap();
+    name_in_pid_file(&data_dir, unrelated.id());
+    restart_after_a_dead_postmaster(&data_dir).await;
+    assert!(unrelated.try_wait().unwrap().is_none(), "the unrelated process was touched");
+    unrelated.kill().unwrap();
+    unrelated.wait().unwrap();
+
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    assert!(pg.adopted(), "the live postmaster is adopted as before");
     pg.stop().await.unwrap();
 }
