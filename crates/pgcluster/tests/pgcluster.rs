@@ -55,7 +55,8 @@ async fn persistent_cluster_keeps_its_data_across_a_restart() {
     let port = pg.port();
     assert!(!pg.adopted());
     assert_ne!(port, 5432);
-    assert_eq!(pg.admin_url(), format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    let password = std::fs::read_to_string(data_dir.join("pgcluster.postgres.password")).unwrap();
+    assert_eq!(pg.admin_url(), format!("postgres://postgres:{}@127.0.0.1:{port}/postgres", password.trim()));
     assert!(data_dir.join("PG_VERSION").is_file());
     if running_as_root() {
         assert_ne!(std::fs::metadata(&data_dir).unwrap().uid(), 0, "data dir not handed to postgres");
@@ -353,5 +354,113 @@ async fn a_postmaster_pid_naming_a_zombie_or_an_unrelated_process_is_cleared() {
 
     let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
     assert!(pg.adopted(), "the live postmaster is adopted as before");
+    pg.stop().await.unwrap();
+}
+
+/// The pg_hba.conf of a cluster made by an earlier version.
+const TRUSTING_HBA: &str = "host    all       all   127.0.0.1/32  trust\n";
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Connecting to `port` as `user` with `password` (none: without) fails authentication.
+async fn refused(port: u16, user: &str, password: Option<&str>) {
+    let mut options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username(user)
+        .database("postgres")
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    if let Some(password) = password {
+        options = options.password(password);
+    }
+    let e = PgConnection::connect_with(&options).await.err().unwrap_or_else(|| panic!("{user} got in"));
+    let text = e.to_string();
+    assert!(
+        text.contains("password authentication failed")
+            || text.contains("password")
+            || text.contains("28P01"),
+        "{user}: {text}"
+    );
+}
+
+#[tokio::test]
+async fn every_role_needs_its_password_and_a_trusting_cluster_is_upgraded() {
+    let tmp = workdir();
+    let data_dir = tmp.path().join("pgdata");
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    let port = pg.port();
+    let hba = std::fs::read_to_string(data_dir.join("pg_hba.conf")).unwrap();
+    assert!(hba.contains("scram-sha-256") && !hba.contains("trust"), "{hba}");
+    let superuser_file = data_dir.join("pgcluster.postgres.password");
+    assert_eq!(mode(&superuser_file), 0o600);
+    refused(port, "postgres", None).await;
+    refused(port, "postgres", Some("guess")).await;
+
+    // A role of the caller's: a password of its own, kept, no privileged attribute.
+    let app = pg.login_role("cl_app").await.unwrap();
+    assert!(format!("{app:?}").find(app.password()).is_none(), "Debug shows the password");
+    assert_eq!(mode(&data_dir.join("pgcluster.cl_app.password")), 0o600);
+    assert_eq!(pg.login_role("cl_app").await.unwrap().password(), app.password(), "the password is kept");
+    let mut conn = PgConnection::connect(&pg.url_as(&app, "postgres")).await.unwrap();
+    let (user, superuser, createrole): (String, bool, bool) = sqlx::query_as(
+        "SELECT current_user::text, rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((user.as_str(), superuser, createrole), ("cl_app", false, false));
+    conn.close().await.unwrap();
+    refused(port, "cl_app", None).await;
+    let superuser_password = std::fs::read_to_string(&superuser_file).unwrap();
+    refused(port, "cl_app", Some(superuser_password.trim())).await; // another role's password
+    for bad in ["postgres", "Bad", "a;b", ""] {
+        assert_eq!(pg.login_role(bad).await.unwrap_err().code(), "pgcluster.invalid_role_name", "{bad}");
+    }
+    // Made privileged behind its back: the next call takes it back.
+    let mut admin = PgConnection::connect(pg.admin_url()).await.unwrap();
+    sqlx::query("ALTER ROLE cl_app SUPERUSER CREATEROLE").execute(&mut admin).await.unwrap();
+    pg.login_role("cl_app").await.unwrap();
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = 'cl_app'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(!superuser);
+
+    // Turn it into a cluster of an earlier version, left running: a superuser without a
+    // password, trust authentication, no password files.
+    sqlx::raw_sql("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL); INSERT INTO notes VALUES (1, 'kept'); ALTER ROLE postgres PASSWORD NULL")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    std::fs::write(data_dir.join("pg_hba.conf"), TRUSTING_HBA).unwrap();
+    sqlx::query("SELECT pg_reload_conf()").execute(&mut admin).await.unwrap();
+    admin.close().await.unwrap();
+    std::fs::remove_file(&superuser_file).unwrap();
+    std::mem::forget(pg);
+    let old = PgConnection::connect(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).await;
+    old.unwrap().close().await.unwrap(); // trusting, as before
+
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    assert!(!pg.adopted(), "a trusting server must be restarted, upgraded");
+    let hba = std::fs::read_to_string(data_dir.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("trust"), "{hba}");
+    assert_eq!(mode(&superuser_file), 0o600);
+    refused(pg.port(), "postgres", None).await;
+    let mut conn = PgConnection::connect(pg.admin_url()).await.unwrap();
+    let body: String =
+        sqlx::query_scalar("SELECT body FROM notes WHERE id = 1").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(body, "kept");
+    conn.close().await.unwrap();
+    pg.stop().await.unwrap();
+
+    // Stopped with a trusting pg_hba.conf (an earlier version's, or a crash mid-upgrade):
+    // secured before the server listens.
+    std::fs::write(data_dir.join("pg_hba.conf"), TRUSTING_HBA).unwrap();
+    let pg = Embedded::start(options(&data_dir, None)).await.unwrap();
+    refused(pg.port(), "postgres", None).await;
+    PgConnection::connect(pg.admin_url()).await.unwrap().close().await.unwrap();
     pg.stop().await.unwrap();
 }
