@@ -60,7 +60,18 @@ pub async fn chart_as_of(
     patient_id: Uuid,
     at: Timestamp,
 ) -> Result<PointInTime, ProjectionError> {
-    replay(store, patient_id, Some(at), Some(&SnapshotPolicy::default())).await
+    chart_as_of_writing(store, store.pool(), patient_id, at).await
+}
+
+/// [`chart_as_of`], storing new snapshots through `writer` (the projection runner's pool,
+/// when the store's role may not write the read models).
+pub(crate) async fn chart_as_of_writing(
+    store: &EventStore,
+    writer: &sqlx::PgPool,
+    patient_id: Uuid,
+    at: Timestamp,
+) -> Result<PointInTime, ProjectionError> {
+    replay_writing(store, writer, patient_id, Some(at), Some(&SnapshotPolicy::default())).await
 }
 
 /// The chart at the head of the ledger, folded from the stream (not the read model).
@@ -74,6 +85,17 @@ pub async fn chart_at_head(store: &EventStore, patient_id: Uuid) -> Result<Point
 /// snapshot.
 pub async fn replay(
     store: &EventStore,
+    patient_id: Uuid,
+    at: Option<Timestamp>,
+    snapshots: Option<&SnapshotPolicy>,
+) -> Result<PointInTime, ProjectionError> {
+    replay_writing(store, store.pool(), patient_id, at, snapshots).await
+}
+
+/// [`replay`], storing the new snapshot through `writer`.
+async fn replay_writing(
+    store: &EventStore,
+    writer: &sqlx::PgPool,
     patient_id: Uuid,
     at: Option<Timestamp>,
     snapshots: Option<&SnapshotPolicy>,
@@ -121,7 +143,7 @@ pub async fn replay(
         from += page.len() as u64;
     }
     if let (Some(new), Some((_, inline))) = (taken, take) {
-        let pool = store.pool().clone();
+        let pool = writer.clone();
         if inline {
             new.write(&pool, patient_id).await;
         } else {

@@ -106,9 +106,23 @@ struct Inner {
 
 impl Projections {
     /// Make sure an active generation exists (creating generation 1 on a fresh database),
-    /// and start its runner. A rebuild interrupted by a restart is resumed.
+    /// and start its runner. A rebuild interrupted by a restart is resumed. The runner
+    /// writes through the store's pool; see [`Projections::start_with_pool`].
     pub async fn start(store: EventStore, config: RunnerConfig) -> Result<Self, ProjectionError> {
         let pool = store.pool().clone();
+        Self::start_with_pool(store, pool, config).await
+    }
+
+    /// [`Projections::start`], the runner writing through `pool` (a role of its own, such as
+    /// a member of `chartledger_projector`, so that the store's connections, which serve
+    /// requests, need no write access to the read models): generations, `rm.*` views,
+    /// `projection_generations`, chart snapshots ([`Projections::chart_as_of`]). Events are
+    /// read through the store.
+    pub async fn start_with_pool(
+        store: EventStore,
+        pool: PgPool,
+        config: RunnerConfig,
+    ) -> Result<Self, ProjectionError> {
         let all = ensure_active(&pool).await?;
         let active = all
             .iter()
@@ -174,6 +188,15 @@ impl Projections {
             .fetch_one(&self.inner.pool)
             .await?;
         Ok(upos(head).saturating_sub(self.position()))
+    }
+
+    /// [`crate::pit::chart_as_of`], storing the snapshots it takes through the runner's pool.
+    pub async fn chart_as_of(
+        &self,
+        patient_id: uuid::Uuid,
+        at: ledger::Timestamp,
+    ) -> Result<crate::pit::PointInTime, ProjectionError> {
+        crate::pit::chart_as_of_writing(&self.inner.store, &self.inner.pool, patient_id, at).await
     }
 
     /// Every generation and its state.
@@ -344,7 +367,10 @@ async fn point_views(tx: &mut sqlx::PgConnection, g: i32) -> Result<(), Projecti
             format!("CREATE VIEW rm.{t} AS SELECT * FROM {schema}.{t}")
         };
         sqlx::query(&create).execute(&mut *tx).await?;
-        sqlx::query(&format!("GRANT SELECT ON rm.{t} TO chartledger_readonly")).execute(&mut *tx).await?;
+        // Read by the server's requests (chartledger_app) and reporting (readonly).
+        sqlx::query(&format!("GRANT SELECT ON rm.{t} TO chartledger_app, chartledger_readonly"))
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }

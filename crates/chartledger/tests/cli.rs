@@ -344,6 +344,8 @@ fn base64_encode(b: &[u8]) -> String {
 // ------------------------------------------------------------------ serve
 
 mod serve {
+    mod database;
+
     use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
     use std::process::{ExitStatus, Stdio};

@@ -1,23 +1,14 @@
 //! The persistent cluster's files: creating the cluster (`initdb` into a staging directory that
-//! is renamed into place, so an interrupted first start leaves no half-made cluster), its
-//! `pg_hba.conf`, the remembered port and the server log's rotation.
+//! is renamed into place, so an interrupted first start leaves no half-made cluster), the
+//! remembered port and the server log's rotation. `pg_hba.conf` and the passwords are
+//! [`crate::auth`]'s: they are put in place before every start.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ClusterError, IoContext};
 use crate::tools::{InitSync, PgTools};
-
-/// Written over initdb's `pg_hba.conf`: the server listens on 127.0.0.1 only and has no Unix
-/// socket, so this is the only way in.
-const PG_HBA: &str = "\
-# Written by pgcluster. The server listens on 127.0.0.1 only, without a Unix socket:
-# any role may connect over TCP from this machine, without a password.
-# TYPE  DATABASE  USER  ADDRESS       METHOD
-host    all       all   127.0.0.1/32  trust
-";
 
 /// The file in the data directory remembering the port of the last start.
 const PORT_FILE: &str = "pgcluster.port";
@@ -76,21 +67,14 @@ fn init_staged(tools: &PgTools, data_dir: &Path) -> Result<(), ClusterError> {
     result
 }
 
-/// initdb into `dir` (absent or empty, owned by the server's user) and write `pg_hba.conf`.
+/// initdb into `dir` (absent or empty, owned by the server's user). Its `pg_hba.conf` trusts
+/// local connections until [`crate::auth::secure`] replaces it, before the first start.
 /// `shown` is the directory an access error names.
 fn init_into(tools: &PgTools, dir: &Path, shown: &Path) -> Result<(), ClusterError> {
     if !tools.can_use_dir(dir) {
         return Err(ClusterError::DataDirInaccessible { dir: shown.to_owned() });
     }
-    tools.initdb(dir, InitSync::Durable)?;
-    // Rewriting the existing file keeps its owner (the server's user).
-    let hba = dir.join("pg_hba.conf");
-    fs::File::create(&hba)
-        .and_then(|mut f| {
-            f.write_all(PG_HBA.as_bytes())?;
-            f.sync_all()
-        })
-        .context_io(|| format!("writing {}", hba.display()))
+    tools.initdb(dir, InitSync::Durable)
 }
 
 /// The port of the last start, if remembered.

@@ -1,22 +1,32 @@
 //! The persistent cluster of `chartledger serve` without `DATABASE_URL`.
 //!
-//! [`Embedded::start`] creates the cluster on first use (`initdb`: superuser `postgres`, trust
-//! authentication over TCP from 127.0.0.1 only, no Unix socket, UTF8, C locale), then starts it
-//! with durable settings on the given port, else the port of its last start if free, else a free
-//! one. A server already running on the data directory (left by a process that crashed) is
-//! adopted if it answers. The server runs in its own session, so a Ctrl-C to the terminal does
-//! not reach it: [`Embedded::stop`] (or `Drop`) stops it.
+//! [`Embedded::start`] creates the cluster on first use (`initdb`: superuser `postgres`, UTF8, C
+//! locale), makes it password-only ([`crate::auth`]: SCRAM-SHA-256 over TCP from 127.0.0.1
+//! only, no Unix socket, no `trust`), then starts it with durable settings on the given port,
+//! else the port of its last start if free, else a free one. A cluster made by an earlier
+//! version (trusting 127.0.0.1) is upgraded the same way at its next start, data kept.
+//!
+//! A server already running on the data directory (left by a process that crashed) is adopted
+//! if it answers; one still trusting is stopped and started again, upgraded. A
+//! `postmaster.pid` whose postmaster is dead (gone, a zombie, its pid reused) is cleared
+//! ([`crate::pidfile`]) and the cluster started afresh, on the first try. The server runs in
+//! its own session, so a Ctrl-C to the terminal does not reach it: [`Embedded::stop`] (or
+//! `Drop`) stops it.
+//!
+//! [`Embedded::login_role`] gives the caller roles of its own (not superusers), each with a
+//! generated password kept in the data directory.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
+use crate::auth::{self, SUPERUSER};
 use crate::bin_dir::{find_bin_dir, find_bin_dir_for, BinSearch};
 use crate::datadir::{cluster_version, init_cluster, remember_port, remembered_port, server_log};
 use crate::error::ClusterError;
+use crate::pidfile::{clear_stale, holder, Holder};
 use crate::tools::{free_port, port_is_free, postmaster_port, PgTools};
 use crate::{blocking, sql};
 
@@ -24,6 +34,7 @@ use crate::{blocking, sql};
 const DURABLE_SETTINGS: &[(&str, &str)] = &[
     ("listen_addresses", "127.0.0.1"),
     ("unix_socket_directories", ""),
+    ("password_encryption", "scram-sha-256"),
     ("fsync", "on"),
     ("synchronous_commit", "on"),
     ("full_page_writes", "on"),
@@ -52,9 +63,36 @@ pub struct Embedded {
     tools: PgTools,
     data_dir: PathBuf,
     port: u16,
+    /// The superuser's password (secret).
+    password: String,
     admin_url: String,
     adopted: bool,
     stopped: bool,
+}
+
+/// A login role of the cluster and its password ([`Embedded::login_role`]). `Debug` does not
+/// show the password.
+#[derive(Clone)]
+pub struct LoginRole {
+    name: String,
+    password: String,
+}
+
+impl LoginRole {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The password (secret: never log it).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for LoginRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRole").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// The outcome of the blocking first half of a start.
@@ -83,14 +121,45 @@ impl Embedded {
         }
     }
 
-    /// `postgres://postgres@127.0.0.1:<port>/<dbname>` (trust auth).
+    /// `postgres://postgres:<password>@127.0.0.1:<port>/<dbname>`: the superuser's URL, with
+    /// its password (secret: never log it).
     pub fn url(&self, dbname: &str) -> String {
-        url(self.port, dbname)
+        url(SUPERUSER, &self.password, self.port, dbname)
     }
 
-    /// The URL of the `postgres` maintenance database.
+    /// The superuser's URL of the `postgres` maintenance database (secret, like [`Self::url`]).
     pub fn admin_url(&self) -> &str {
         &self.admin_url
+    }
+
+    /// The URL of database `dbname` as `role` (secret: it holds the password).
+    pub fn url_as(&self, role: &LoginRole, dbname: &str) -> String {
+        url(&role.name, &role.password, self.port, dbname)
+    }
+
+    /// Connection options for database `dbname` as `role`.
+    pub fn connect_options(&self, role: &LoginRole, dbname: &str) -> PgConnectOptions {
+        options(&role.name, &role.password, self.port, dbname)
+    }
+
+    /// Creates login role `name` (`[a-z_][a-z0-9_]*`) unless it exists, with the password of
+    /// `<data_dir>/pgcluster.<name>.password` (generated on first use, mode 0600); an existing
+    /// role gets that password again and loses any of `SUPERUSER`, `CREATEDB`, `CREATEROLE`,
+    /// `REPLICATION` and `BYPASSRLS`. Memberships and grants are the caller's.
+    pub async fn login_role(&self, name: &str) -> Result<LoginRole, ClusterError> {
+        auth::validate_role(name)?;
+        if name == SUPERUSER {
+            return Err(ClusterError::InvalidRoleName { name: name.to_owned() });
+        }
+        let (tools, data_dir, role) = (self.tools.clone(), self.data_dir.clone(), name.to_owned());
+        let (password, _) = blocking("password", move || auth::password(&tools, &data_dir, &role)).await?;
+        let mut conn =
+            connect(&options(SUPERUSER, &self.password, self.port, "postgres"), CONNECT_TIMEOUT).await?;
+        let result = sql::ensure_login_role(&mut conn, name, &password).await;
+        let _ = conn.close().await;
+        result
+            .map_err(|source| ClusterError::Database { context: format!("creating role {name}"), source })?;
+        Ok(LoginRole { name: name.to_owned(), password })
     }
 
     pub fn port(&self) -> u16 {
@@ -110,7 +179,8 @@ impl Embedded {
     /// Creates database `name` (from `template0`) unless it exists.
     pub async fn ensure_database(&self, name: &str) -> Result<(), ClusterError> {
         sql::validate_database_name(name)?;
-        let mut conn = connect(&self.admin_url, CONNECT_TIMEOUT).await?;
+        let mut conn =
+            connect(&options(SUPERUSER, &self.password, self.port, "postgres"), CONNECT_TIMEOUT).await?;
         let result = sql::create_database_if_missing(&mut conn, name).await;
         let _ = conn.close().await;
         result.map_err(|source| ClusterError::Database {
@@ -128,8 +198,9 @@ impl Embedded {
         Ok(())
     }
 
-    fn new(tools: PgTools, data_dir: PathBuf, port: u16, adopted: bool) -> Embedded {
-        Embedded { tools, data_dir, port, admin_url: url(port, "postgres"), adopted, stopped: false }
+    fn new(tools: PgTools, data_dir: PathBuf, port: u16, password: String, adopted: bool) -> Embedded {
+        let admin_url = url(SUPERUSER, &password, port, "postgres");
+        Embedded { tools, data_dir, port, password, admin_url, adopted, stopped: false }
     }
 }
 
@@ -156,8 +227,27 @@ fn prepare(opts: EmbeddedOptions, search: &BinSearch) -> Result<Prepared, Cluste
     };
     let tools = PgTools::new(bin)?;
     if version.is_some() {
-        if let Some(pid) = tools.running_pid(&data_dir)? {
-            return Ok(Prepared { tools, data_dir, port: opts.port, running: Some(pid) });
+        match tools.running_pid(&data_dir)? {
+            Some(pid) => match holder(pid, &data_dir) {
+                Holder::Postmaster if !needs_securing(&data_dir)? => {
+                    return Ok(Prepared { tools, data_dir, port: opts.port, running: Some(pid) })
+                }
+                Holder::Postmaster => {
+                    // Left running by an earlier version, trusting: restarted, upgraded.
+                    tracing::info!("pgcluster: stopping the server (pid {pid}) to require passwords");
+                    tools.stop(&data_dir)?;
+                }
+                dead => {
+                    tracing::warn!(
+                        "pgcluster: postmaster.pid names pid {pid}, which is {}: starting afresh",
+                        dead.describe()
+                    );
+                    clear_stale(&tools, &data_dir, dead != Holder::Gone)?;
+                }
+            },
+            // A file left by a postmaster that is gone: the server replaces it itself, once
+            // the dead server's processes have let go of its shared memory.
+            None => clear_stale(&tools, &data_dir, false)?,
         }
     }
     if let Some(port) = opts.port.filter(|&port| !port_is_free(port)) {
@@ -179,6 +269,7 @@ fn launch(prepared: Prepared) -> Result<Embedded, ClusterError> {
         Some(port) => port,
         None => free_port()?,
     };
+    let password = auth::secure(&tools, &data_dir)?;
     let mut retries = if requested.is_some() { 0 } else { 2 };
     loop {
         match tools.start(&data_dir, &log, port, DURABLE_SETTINGS, START_TIMEOUT_SECS) {
@@ -194,7 +285,7 @@ fn launch(prepared: Prepared) -> Result<Embedded, ClusterError> {
             Err(e) => return Err(e),
         }
     }
-    let embedded = Embedded::new(tools, data_dir, port, false);
+    let embedded = Embedded::new(tools, data_dir, port, password, false);
     if let Err(e) = remember_port(&embedded.tools, &embedded.data_dir, port) {
         tracing::warn!("pgcluster: could not remember the port: {e}");
     }
@@ -213,10 +304,13 @@ async fn adopt(prepared: Prepared, pid: u32) -> Result<Embedded, ClusterError> {
     if requested.is_some_and(|requested| requested != port) {
         tracing::warn!("pgcluster: the server already running uses port {port}, not the one asked for");
     }
-    let url = url(port, "postgres");
+    let Some(password) = auth::read_password(&data_dir, SUPERUSER)? else {
+        return Err(already_running("the superuser's password file is gone".into()));
+    };
+    let options = options(SUPERUSER, &password, port, "postgres");
     let started = Instant::now();
     loop {
-        match connect(&url, Duration::from_secs(5)).await {
+        match connect(&options, Duration::from_secs(5)).await {
             Ok(conn) => {
                 let _ = conn.close().await;
                 break;
@@ -235,7 +329,7 @@ async fn adopt(prepared: Prepared, pid: u32) -> Result<Embedded, ClusterError> {
         "pgcluster: adopted PostgreSQL (pid {pid}) running in {} on 127.0.0.1:{port}",
         data_dir.display()
     );
-    Ok(Embedded::new(tools, data_dir, port, true))
+    Ok(Embedded::new(tools, data_dir, port, password, true))
 }
 
 /// Whether the server refused the connection because it is starting up or recovering
@@ -248,11 +342,23 @@ fn error_source(e: &ClusterError) -> String {
     std::error::Error::source(e).map(ToString::to_string).unwrap_or_default()
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<PgConnection, ClusterError> {
-    let context = || format!("connecting to {url}");
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|source| ClusterError::Database { context: context(), source })?
-        .disable_statement_logging();
+/// Whether the cluster still lets anyone in without a password, or its superuser has no
+/// password file: [`auth::secure`] must run, with the server stopped.
+fn needs_securing(data_dir: &Path) -> Result<bool, ClusterError> {
+    Ok(auth::hba_trusts(data_dir)? || auth::read_password(data_dir, SUPERUSER)?.is_none())
+}
+
+/// Connects with `options`; errors name the user, port and database, never the password.
+async fn connect(options: &PgConnectOptions, timeout: Duration) -> Result<PgConnection, ClusterError> {
+    let context = || {
+        format!(
+            "connecting to 127.0.0.1:{} as {} (database {:?})",
+            options.get_port(),
+            options.get_username(),
+            options.get_database().unwrap_or_default()
+        )
+    };
+    let options = options.clone().disable_statement_logging();
     match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
         Ok(conn) => conn.map_err(|source| ClusterError::Database { context: context(), source }),
         Err(_) => {
@@ -263,14 +369,26 @@ async fn connect(url: &str, timeout: Duration) -> Result<PgConnection, ClusterEr
     }
 }
 
-/// `postgres://postgres@127.0.0.1:<port>/<dbname>`, the name percent-encoded.
-fn url(port: u16, dbname: &str) -> String {
-    format!("postgres://postgres@127.0.0.1:{port}/{}", sql::percent_encode(dbname))
+/// `postgres://<user>:<password>@127.0.0.1:<port>/<dbname>`, the name percent-encoded (user
+/// names and passwords need no encoding: [`auth::validate_role`], hex).
+fn url(user: &str, password: &str, port: u16, dbname: &str) -> String {
+    format!("postgres://{user}:{password}@127.0.0.1:{port}/{}", sql::percent_encode(dbname))
+}
+
+fn options(user: &str, password: &str, port: u16, dbname: &str) -> PgConnectOptions {
+    PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username(user)
+        .password(password)
+        .database(dbname)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::str::FromStr;
 
     fn assert_send<T: Send>(_: &T) {}
 
@@ -278,8 +396,14 @@ mod tests {
     fn futures_are_send() {
         let opts = EmbeddedOptions { data_dir: PathBuf::from("/nonexistent"), port: None };
         assert_send(&Embedded::start(opts));
-        let embedded =
-            Embedded::new(PgTools::as_this_user(PathBuf::from("/x")), PathBuf::from("/d"), 1, false);
+        let embedded = Embedded::new(
+            PgTools::as_this_user(PathBuf::from("/x")),
+            PathBuf::from("/d"),
+            1,
+            "pw".into(),
+            false,
+        );
+        assert_send(&embedded.login_role("x"));
         assert_send(&embedded.ensure_database("x"));
         // Nothing runs there: dropping must not fail.
         drop(embedded);
@@ -287,10 +411,17 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(url(6000, "postgres"), "postgres://postgres@127.0.0.1:6000/postgres");
-        assert_eq!(url(6000, "a b/é"), "postgres://postgres@127.0.0.1:6000/a%20b%2F%C3%A9");
-        let options = PgConnectOptions::from_str(&url(6000, "a b/é")).unwrap();
+        assert_eq!(
+            url("postgres", "ab12", 6000, "postgres"),
+            "postgres://postgres:ab12@127.0.0.1:6000/postgres"
+        );
+        let weird = url("app", "ab12", 6000, "a b/é");
+        assert_eq!(weird, "postgres://app:ab12@127.0.0.1:6000/a%20b%2F%C3%A9");
+        let options = PgConnectOptions::from_str(&weird).unwrap();
         assert_eq!(options.get_database(), Some("a b/é"));
         assert_eq!(options.get_port(), 6000);
+        assert_eq!(options.get_username(), "app");
+        let role = LoginRole { name: "app".into(), password: "secret-value".into() };
+        assert!(!format!("{role:?}").contains("secret-value"));
     }
 }

@@ -70,6 +70,17 @@ pub enum ClusterError {
     Command { what: String, output: String },
     #[error("invalid database name {name:?}: it must have 1 to 63 bytes and no NUL")]
     InvalidDatabaseName { name: String },
+    #[error(
+        "invalid role name {name:?}: it must have 1 to 63 of a-z, 0-9 and _, and not start with a digit"
+    )]
+    InvalidRoleName { name: String },
+    /// A password file holds something other than a generated password.
+    #[error(
+        "{} does not hold a password written by pgcluster (64 hexadecimal digits): restore it, or \
+         remove it to have a new password generated and set at the next start",
+        file.display()
+    )]
+    BadPasswordFile { file: PathBuf },
     #[error("{context}")]
     Io {
         context: String,
@@ -103,6 +114,8 @@ impl ClusterError {
             Self::StopFailed { .. } => "pgcluster.stop_failed",
             Self::Command { .. } => "pgcluster.command_failed",
             Self::InvalidDatabaseName { .. } => "pgcluster.invalid_database_name",
+            Self::InvalidRoleName { .. } => "pgcluster.invalid_role_name",
+            Self::BadPasswordFile { .. } => "pgcluster.bad_password_file",
             Self::Io { .. } => "pgcluster.io",
             Self::Database { .. } => "pgcluster.database",
             Self::Task(_) => "pgcluster.task",

@@ -1,5 +1,5 @@
-//! The SQL side: database names (validated, quoted, percent-encoded for URLs) and creating a
-//! database once.
+//! The SQL side: database names (validated, quoted, percent-encoded for URLs), creating a
+//! database once, and login roles.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -69,6 +69,45 @@ pub(crate) fn create_database_if_missing<'a>(
             }
             Err(e) => Err(e),
         }
+    })
+}
+
+/// Role attributes a role of [`ensure_login_role`] never has.
+const NOT_PRIVILEGED: &str = "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+
+/// Creates login role `name` (validated by [`crate::auth::validate_role`]) with `password` (hex)
+/// unless it exists, else gives it that password and takes any privileged attribute away.
+/// Nothing here is logged by the server, even on error (`log_min_error_statement = panic`).
+/// Boxed for the same reason as [`create_database_if_missing`].
+pub(crate) fn ensure_login_role<'a>(
+    conn: &'a mut PgConnection,
+    name: &'a str,
+    password: &'a str,
+) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        sqlx::Executor::execute(&mut *conn, "SET log_min_error_statement = panic").await?;
+        sqlx::Executor::execute(&mut *conn, "SET log_statement = none").await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+        let role = quote_ident(name);
+        if !exists {
+            let create = format!("CREATE ROLE {role} LOGIN {NOT_PRIVILEGED} PASSWORD '{password}'");
+            match sqlx::Executor::execute(&mut *conn, create.as_str()).await {
+                Ok(_) => {
+                    tracing::info!("pgcluster: created role {name:?}");
+                    return Ok(());
+                }
+                // Created meanwhile by another session: updated below.
+                Err(sqlx::Error::Database(e))
+                    if e.code().is_some_and(|code| ALREADY_CREATED.contains(&&*code) || code == "42710") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let alter = format!("ALTER ROLE {role} WITH LOGIN {NOT_PRIVILEGED} PASSWORD '{password}'");
+        sqlx::Executor::execute(&mut *conn, alter.as_str()).await?;
+        Ok(())
     })
 }
 

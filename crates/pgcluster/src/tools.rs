@@ -208,7 +208,7 @@ pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<Output, String> {
     Ok(out)
 }
 
-fn describe(out: &Output) -> String {
+pub(crate) fn describe(out: &Output) -> String {
     format!(
         "{}:\n{}{}",
         out.status,

@@ -165,7 +165,7 @@ async fn read_chart(
     wait_for(state, min_position).await?;
     Ok(match as_of {
         Some(t) => {
-            let pit = projections::pit::chart_as_of(&state.store, patient_id, types::ts(t)?).await?;
+            let pit = state.projections.chart_as_of(patient_id, types::ts(t)?).await?;
             Some(Arc::new(pit.chart))
         }
         None => req.current_chart(state, patient_id, min_position.is_some()).await?,

@@ -1,8 +1,10 @@
 //! `chartledger serve`: the product's main job. Database (given, or an embedded cluster
-//! in the data folder), migrations, the ledger key (created on first start), the
-//! projections, the bootstrap administrator, then the HTTP(S) server until Ctrl-C.
+//! in the data folder, where the server connects as a role that can neither alter the ledger
+//! nor write the read models: [`database`]), migrations, the ledger key (created on first
+//! start), the projections, the bootstrap administrator, then the HTTP(S) server until Ctrl-C.
 
 mod config;
+mod database;
 mod demo;
 mod telemetry;
 
@@ -15,7 +17,6 @@ use anyhow::Context;
 use api::AppState;
 use ledger::keys::LedgerSigningKey;
 use ledger::note::NoteSigner;
-use pgcluster::{Embedded, EmbeddedOptions};
 use projections::{Projections, RunnerConfig};
 use store::{EventStore, StoreConfig};
 
@@ -33,19 +34,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
 async fn serve(settings: Settings, database_url: Option<String>, demo: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create the data folder {}", settings.data_dir.display()))?;
-    let (url, embedded) = match database_url {
-        Some(url) => (url, None),
-        None => {
-            let opts = EmbeddedOptions { data_dir: settings.data_dir.join("postgres"), port: None };
-            let pg = Embedded::start(opts).await.map_err(|e| anyhow::anyhow!("embedded PostgreSQL: {e}"))?;
-            pg.ensure_database("chartledger").await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            tracing::info!(port = pg.port(), "embedded PostgreSQL running");
-            let url = pg.url("chartledger");
-            (url, Some(pg))
-        }
+    let mut db = match database_url {
+        Some(url) => database::Database::from_url(&url, settings.run_migrations)?,
+        None => database::Database::embedded(settings.data_dir.join("postgres")).await?,
     };
-    let result = run_server(&settings, &url, demo).await;
-    if let Some(pg) = embedded {
+    let result = run_server(&settings, &db, demo).await;
+    if let Some(pg) = db.embedded.take() {
         if let Err(e) = pg.stop().await {
             tracing::error!(code = e.code(), "embedded PostgreSQL did not stop cleanly");
         }
@@ -53,22 +47,34 @@ async fn serve(settings: Settings, database_url: Option<String>, demo: bool) -> 
     result
 }
 
-async fn run_server(settings: &Settings, url: &str, demo: bool) -> anyhow::Result<()> {
+async fn run_server(settings: &Settings, db: &database::Database, demo: bool) -> anyhow::Result<()> {
     // A bad certificate or key stops the start before anything is written.
     let tls = match (&settings.api.tls_cert, &settings.api.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
         _ => None,
     };
-    let pool = api::pool_options(24).connect(url).await.context("cannot connect to the database")?;
+    let pool = api::pool_options(24)
+        .connect_with(db.server.clone())
+        .await
+        .context("cannot connect to the database")?;
     let key = load_or_create_key(&settings.key_path(), &settings.origin)?;
     let config = StoreConfig {
         origin: settings.origin.clone(),
-        run_migrations: settings.run_migrations,
+        run_migrations: db.run_migrations,
         ..StoreConfig::default()
     };
     let store = EventStore::open(pool, key, config).await.context("cannot open the ledger")?;
-    let projections =
-        Projections::start(store.clone(), RunnerConfig::default()).await.context("projections")?;
+    let projections = match &db.projector {
+        Some(options) => {
+            let pool = api::pool_options(database::PROJECTOR_CONNECTIONS)
+                .connect_with(options.clone())
+                .await
+                .context("cannot connect to the database as the projection runner")?;
+            Projections::start_with_pool(store.clone(), pool, RunnerConfig::default()).await
+        }
+        None => Projections::start(store.clone(), RunnerConfig::default()).await,
+    }
+    .context("projections")?;
     let state = AppState::new(store.clone(), projections.clone(), settings.api.clone());
     let password = std::env::var("CHARTLEDGER_BOOTSTRAP_PASSWORD").ok().filter(|p| !p.is_empty());
     let first_start = match api::bootstrap::ensure_admin(&state, &settings.bootstrap_admin, password).await {
