@@ -13,6 +13,8 @@
 //!   position on every read.
 //! - [`pit`]: point-in-time replay for auditors: a chart as of a recorded time, folded
 //!   in memory from the ledger with the same fold, from the nearest [`snapshot`] of it.
+//! - [`verify`]: the read-model check: fold the ledger again and compare every table of
+//!   the active generation with the result, naming the first difference.
 //! - [`service`]: the command side: load a patient's stream, `decide`, append with the
 //!   expected revision (retrying on a race), idempotent on the client's event id.
 
@@ -27,6 +29,7 @@ pub mod runner;
 pub mod service;
 pub mod snapshot;
 mod sqlmap;
+pub mod verify;
 
 pub use error::ProjectionError;
 pub use queries::ReadModels;
