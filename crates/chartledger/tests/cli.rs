@@ -3,6 +3,9 @@
 
 use std::process::{Command, Output};
 
+#[path = "cli/read_models.rs"]
+mod read_models;
+
 fn chartledger(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chartledger")).args(args).output().unwrap()
 }
