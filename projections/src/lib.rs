@@ -18,6 +18,7 @@
 //! - [`service`]: the command side: load a patient's stream, `decide`, append with the
 //!   expected revision (retrying on a race), idempotent on the client's event id.
 
+mod backed;
 mod copy;
 pub mod current;
 pub mod error;
