@@ -10,6 +10,8 @@ pub enum ProjectionError {
     Stopped,
     #[error("a read-model row is inconsistent: {what}")]
     Corrupt { what: &'static str },
+    #[error("a read-model row of {table} is not accounted for by the ledger")]
+    Unbacked { table: &'static str },
     #[error("another runner moved the projection's position")]
     PositionMoved,
     #[error("the event at position {position} was written by a newer build; upgrade to project it")]
@@ -26,6 +28,7 @@ impl ProjectionError {
             Self::Timeout { .. } => "projection.timeout",
             Self::Stopped => "projection.stopped",
             Self::Corrupt { .. } => "projection.corrupt",
+            Self::Unbacked { .. } => "projection.unbacked",
             Self::PositionMoved => "projection.position_moved",
             Self::NewerEvent { .. } => "projection.newer_event",
             Self::Store(e) => e.code(),

@@ -14,9 +14,12 @@
 //! - [`pit`]: point-in-time replay for auditors: a chart as of a recorded time, folded
 //!   in memory from the ledger with the same fold, from the nearest [`snapshot`] of it.
 //! - [`staff`]: the staff directory and role grants (fold and queries).
+//! - [`verify`]: the read-model check: fold the ledger again and compare every table of
+//!   the active generation with the result, naming the first difference.
 //! - [`service`]: the command side: load a patient's stream, `decide`, append with the
 //!   expected revision (retrying on a race), idempotent on the client's event id.
 
+mod backed;
 mod copy;
 pub mod current;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod service;
 pub mod snapshot;
 mod sqlmap;
 pub mod staff;
+pub mod verify;
 
 pub use error::ProjectionError;
 pub use queries::ReadModels;

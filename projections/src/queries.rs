@@ -129,6 +129,7 @@ const CHART_COLS: &[(&str, &str, &str)] = &[
     ("start_at", "timestamptz", "start_at"),
     ("end_at", "timestamptz", "end_at"),
     ("status", "text", "status"),
+    ("backed", "boolean", crate::backed::CARE_BACKED),
 ];
 
 /// The whole chart of patient `$1` in one statement (a single statement reads one
@@ -200,7 +201,11 @@ fn chart_sql() -> &'static str {
                     "position",
                 ],
             ),
-            (K_CARE, "care_team", &["patient_id", "clinician_id", "care_role", "assigned_at", "assigned_by"]),
+            (
+                K_CARE,
+                "care_team",
+                &["patient_id", "clinician_id", "care_role", "assigned_at", "assigned_by", "backed"],
+            ),
             (
                 K_APPOINTMENT,
                 "appointments",
@@ -231,7 +236,7 @@ fn chart_sql() -> &'static str {
                     })
                     .collect();
                 format!(
-                    "SELECT {k}::smallint AS k, {} FROM rm.{table} WHERE patient_id = $1",
+                    "SELECT {k}::smallint AS k, {} FROM rm.{table} AS c WHERE patient_id = $1",
                     cols.join(", ")
                 )
             })
@@ -309,7 +314,12 @@ impl ReadModels {
                 K_CONSENT => chart.consent.versions.push(records::consent_from(row)?),
                 K_CARE => {
                     let m = records::care_from(row)?;
-                    chart.care_team.insert(m.clinician_id, m);
+                    // A member no ledger event accounts for is not on the care team.
+                    if row.try_get::<Option<bool>, _>("backed")? == Some(true) {
+                        chart.care_team.insert(m.clinician_id, m);
+                    } else {
+                        crate::backed::unbacked("care_team", Some(patient_id), m.clinician_id);
+                    }
                 }
                 K_APPOINTMENT => {
                     let a = records::appointment_from(row)?;
@@ -384,52 +394,61 @@ impl ReadModels {
         rows.iter().map(records::entry_version_from).collect::<Result<Vec<_>, _>>().map(Some)
     }
 
-    /// Consent versions of a patient, oldest first (the last is in force).
+    /// Consent versions of a patient, oldest first (the last is in force), each checked
+    /// against the ledger event it names (`projection.unbacked` when one is not accounted
+    /// for: the consent decision rests on it; see [`crate::backed`]).
     pub async fn consent_history(&self, patient_id: Uuid) -> Result<Vec<ConsentVersion>, ProjectionError> {
-        let rows = sqlx::query(
-            "SELECT patient_id, version, consent_id, change, method, supersedes, withdrawn, granted, witness_id, \
-             effective_at, recorded_at, recorded_by, position FROM rm.consents WHERE patient_id = $1 ORDER BY version",
-        )
-        .bind(patient_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(records::consent_from).collect()
+        crate::backed::consent_history(&self.pool, patient_id).await
     }
 
+    /// The patient's care team: the members a ledger event accounts for (see
+    /// [`crate::backed`]).
     pub async fn care_team(&self, patient_id: Uuid) -> Result<Vec<CareTeamMember>, ProjectionError> {
-        let rows = sqlx::query(
-            "SELECT patient_id, clinician_id, care_role, assigned_at, assigned_by FROM rm.care_team \
-             WHERE patient_id = $1 ORDER BY assigned_at, clinician_id",
-        )
-        .bind(patient_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(records::care_from).collect()
+        let sql = format!(
+            "SELECT patient_id, clinician_id, care_role, assigned_at, assigned_by, {} AS backed \
+             FROM rm.care_team AS c WHERE patient_id = $1 ORDER BY assigned_at, clinician_id",
+            crate::backed::CARE_BACKED
+        );
+        let rows = sqlx::query(&sql).bind(patient_id).fetch_all(&self.pool).await?;
+        let mut members = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let m = records::care_from(row)?;
+            if row.try_get("backed")? {
+                members.push(m);
+            } else {
+                crate::backed::unbacked("care_team", Some(patient_id), m.clinician_id);
+            }
+        }
+        Ok(members)
     }
 
     /// Is `clinician_id` on the patient's care team (the basis of "their own patients")?
+    /// Only a membership a ledger event accounts for counts (see [`crate::backed`]).
     pub async fn is_on_care_team(
         &self,
         patient_id: Uuid,
         clinician_id: Uuid,
     ) -> Result<bool, ProjectionError> {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM rm.care_team WHERE patient_id = $1 AND clinician_id = $2")
-                .bind(patient_id)
-                .bind(clinician_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(found.is_some())
+        let sql = format!(
+            "SELECT {} FROM rm.care_team AS c WHERE patient_id = $1 AND clinician_id = $2",
+            crate::backed::CARE_BACKED
+        );
+        let backed: Option<bool> =
+            sqlx::query_scalar(&sql).bind(patient_id).bind(clinician_id).fetch_optional(&self.pool).await?;
+        if backed == Some(false) {
+            crate::backed::unbacked("care_team", Some(patient_id), clinician_id);
+        }
+        Ok(backed == Some(true))
     }
 
-    /// The patients whose care team includes `clinician_id`.
+    /// The patients whose care team includes `clinician_id` (memberships a ledger event
+    /// accounts for).
     pub async fn patients_of(&self, clinician_id: Uuid) -> Result<Vec<Uuid>, ProjectionError> {
-        Ok(sqlx::query_scalar(
-            "SELECT patient_id FROM rm.care_team WHERE clinician_id = $1 ORDER BY patient_id",
-        )
-        .bind(clinician_id)
-        .fetch_all(&self.pool)
-        .await?)
+        let sql = format!(
+            "SELECT patient_id FROM rm.care_team AS c WHERE clinician_id = $1 AND {} ORDER BY patient_id",
+            crate::backed::CARE_BACKED
+        );
+        Ok(sqlx::query_scalar(&sql).bind(clinician_id).fetch_all(&self.pool).await?)
     }
 
     pub async fn appointments_of_patient(
@@ -520,21 +539,26 @@ impl ReadModels {
         rows.iter().map(|r| Ok((r.try_get("user_id")?, r.try_get("display_name")?))).collect()
     }
 
+    /// A user of the staff directory, checked against the fold of the user's `$staff`
+    /// events in the ledger (`projection.unbacked` when they differ: logins rest on the
+    /// roles and the active flag; see [`crate::backed`]).
     pub async fn user(&self, user_id: Uuid) -> Result<Option<UserRow>, ProjectionError> {
-        let row = sqlx::query("SELECT user_id, username, display_name, roles, patient_id, active FROM rm.users WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(UserRow {
-                user_id: r.try_get("user_id")?,
-                username: r.try_get("username")?,
-                display_name: r.try_get("display_name")?,
-                roles: parse_all(&r.try_get::<Vec<String>, _>("roles")?, "role")?,
-                patient_id: r.try_get("patient_id")?,
-                active: r.try_get("active")?,
-            })
-        })
-        .transpose()
+        let row = sqlx::query(
+            "SELECT user_id, username, display_name, roles, patient_id, active, position FROM rm.users WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let user = UserRow {
+            user_id: r.try_get("user_id")?,
+            username: r.try_get("username")?,
+            display_name: r.try_get("display_name")?,
+            roles: parse_all(&r.try_get::<Vec<String>, _>("roles")?, "role")?,
+            patient_id: r.try_get("patient_id")?,
+            active: r.try_get("active")?,
+        };
+        crate::backed::check_user(&self.pool, &user, upos(r.try_get("position")?)).await?;
+        Ok(Some(user))
     }
 }

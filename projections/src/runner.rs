@@ -81,7 +81,7 @@ pub struct Generation {
     pub skipped: u64,
 }
 
-fn schema_of(generation: i32) -> String {
+pub(crate) fn schema_of(generation: i32) -> String {
     format!("rm_{PROJECTION}_g{generation}")
 }
 
@@ -565,11 +565,11 @@ async fn run_once(inner: &Arc<Inner>, generation: i32, building: &mut bool) -> R
 /// not be decoded, and the position of an event written by a newer build, where the
 /// page was cut short.
 #[derive(Default)]
-struct Decoded {
-    events: Vec<Recorded>,
-    count: usize,
-    skipped: u64,
-    newer: Option<u64>,
+pub(crate) struct Decoded {
+    pub(crate) events: Vec<Recorded>,
+    pub(crate) count: usize,
+    pub(crate) skipped: u64,
+    pub(crate) newer: Option<u64>,
 }
 
 impl Decoded {
@@ -649,7 +649,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// The batch must be exactly the positions `from, from + 1, ...`: the runner moves its
 /// stored position by the number of events it applied, so a gap or a repeat here would
 /// skip or re-apply events.
-fn decode_all(from: u64, raw: &[RecordedEvent]) -> Result<Decoded, ProjectionError> {
+pub(crate) fn decode_all(from: u64, raw: &[RecordedEvent]) -> Result<Decoded, ProjectionError> {
     let mut events = Vec::with_capacity(raw.len());
     let mut skipped = 0;
     for (i, r) in raw.iter().enumerate() {

@@ -19,6 +19,9 @@ use store::{EventStore, StoreConfig};
 use testdb::TestDb;
 use uuid::Uuid;
 
+#[path = "projections/verify.rs"]
+mod verify;
+
 struct Env {
     _db: TestDb,
     store: EventStore,

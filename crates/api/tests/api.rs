@@ -1494,3 +1494,99 @@ async fn point_in_time_reads_name_a_case_and_never_look_ahead() {
     let skew = fmt(time::OffsetDateTime::now_utc() + time::Duration::seconds(2));
     s.gql(Some(&atok), patient_q, json!({"p": p, "t": skew, "c": "AUDIT-2026/17"})).await.data();
 }
+
+// ------------------------------------------------------------------ read-model tampering
+
+/// Issue 15, item 14: rows written into the read models by hand, without a ledger
+/// event, are not honoured by access decisions: a care-team row does not let a nurse
+/// write or read a record (nor does a removed member's row put back with its old
+/// assignment time), a consent version edited to grant research does not open the record
+/// to research, and a role added to a user row does not log anyone in with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_model_rows_without_a_ledger_event_are_not_honoured() {
+    let s = server(|_, _| {}).await;
+    let pool = s.db.pool();
+    let (_, rtok) = s.user("desk.rm", "RECEPTIONIST", None).await;
+    let (p, pos) = s.register(&rtok, "Tamperfamily").await;
+    s.wait(pos).await;
+    let (nurse, ntok) = s.user("nurse.rm", "NURSE", None).await;
+    let write = |t: &str| {
+        let (t, s) = (t.to_owned(), &s);
+        let vars = json!({"p": p, "i": Uuid::now_v7(), "c": soap("vitals taken"), "e": Uuid::now_v7()});
+        async move { s.gql(Some(&t), RECORD_ENTRY, vars).await }
+    };
+    let chart = "query($p: UUID!) { chart(patientId: $p) { patientId } }";
+    assert_eq!(write(&ntok).await.err(), "authz.forbidden");
+
+    // The probe's attack: the nurse inserted into the care team by hand.
+    let insert = "INSERT INTO rm.care_team VALUES ($1, $2, 'nurse', $3, $2)";
+    sqlx::query(insert)
+        .bind(p)
+        .bind(nurse)
+        .bind(time::OffsetDateTime::now_utc())
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(write(&ntok).await.err(), "authz.forbidden");
+    assert_eq!(s.gql(Some(&ntok), chart, json!({"p": p})).await.err(), "authz.forbidden");
+    let mine = s.gql(Some(&ntok), "{ myPatients }", json!({})).await;
+    assert_eq!(mine.data()["myPatients"], json!([]));
+    sqlx::query("DELETE FROM rm.care_team WHERE clinician_id = $1").bind(nurse).execute(pool).await.unwrap();
+
+    // Assigned through the ledger, the nurse writes and reads.
+    let pos = s.assign(p, nurse).await;
+    s.wait(pos).await;
+    write(&ntok).await.data();
+    assert_eq!(s.gql(Some(&ntok), chart, json!({"p": p})).await.data()["chart"]["patientId"], json!(p));
+
+    // Removed through the ledger, then the old row put back by hand: not honoured.
+    let (role, at, by): (String, time::OffsetDateTime, Uuid) = sqlx::query_as(
+        "SELECT care_role, assigned_at, assigned_by FROM rm.care_team WHERE clinician_id = $1",
+    )
+    .bind(nurse)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let remove = "mutation($p: UUID!, $c: UUID!, $e: UUID!) { removeCareTeamMember(patientId: $p, clinicianId: $c, eventId: $e) { position } }";
+    let r = s.gql(Some(&s.admin), remove, json!({"p": p, "c": nurse, "e": Uuid::now_v7()})).await;
+    s.wait(r.data()["removeCareTeamMember"]["position"].as_u64().unwrap()).await;
+    sqlx::query("INSERT INTO rm.care_team VALUES ($1, $2, $3, $4, $5)")
+        .bind(p)
+        .bind(nurse)
+        .bind(role)
+        .bind(at)
+        .bind(by)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(write(&ntok).await.err(), "authz.forbidden");
+    assert_eq!(s.gql(Some(&ntok), chart, json!({"p": p})).await.err(), "authz.forbidden");
+
+    // A consent edited by hand to grant research: refused for research.
+    let (doc, dtok) = s.user("dr.rm", "PHYSICIAN", None).await;
+    let pos = s.assign(p, doc).await;
+    s.wait(pos).await;
+    let consent = "mutation($p: UUID!, $g: [ConsentPurpose!]!, $e: UUID!) { recordConsent(patientId: $p, consentId: $e, granted: $g, method: WRITTEN, eventId: $e) { position } }";
+    let r = s.gql(Some(&dtok), consent, json!({"p": p, "g": ["TREATMENT"], "e": Uuid::now_v7()})).await;
+    s.wait(r.data()["recordConsent"]["position"].as_u64().unwrap()).await;
+    let research = || s.gql_with(Some(&dtok), Some("research"), chart, json!({"p": p}));
+    assert_eq!(research().await.err(), "authz.consent_required");
+    sqlx::query("UPDATE rm.consents SET granted = array_append(granted, 'research') WHERE patient_id = $1")
+        .bind(p)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(research().await.err(), "projection.unbacked");
+    // Treatment needs no consent: the care team still works.
+    assert_eq!(s.gql(Some(&dtok), chart, json!({"p": p})).await.data()["chart"]["patientId"], json!(p));
+
+    // A role added to the nurse's user row by hand does not log in with it.
+    sqlx::query("UPDATE rm.users SET roles = array_append(roles, 'physician') WHERE user_id = $1")
+        .bind(nurse)
+        .execute(pool)
+        .await
+        .unwrap();
+    let login = s.gql(None, LOGIN, json!({"u": "nurse.rm", "p": PASSWORD, "r": "PHYSICIAN"})).await;
+    assert!(login.0["data"]["login"].is_null(), "{}", login.0);
+    assert_eq!(login.err(), "projection.unbacked");
+}

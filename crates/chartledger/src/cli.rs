@@ -35,6 +35,11 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Work with the read models (projections) in PostgreSQL.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Record proofs for third parties (schema/proof-format.md).
     Proof {
         #[command(subcommand)]
@@ -101,6 +106,21 @@ pub struct LedgerVerifyArgs {
     /// Start after this trusted checkpoint (tree size) instead of position 0.
     #[arg(long)]
     pub from_checkpoint: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Fold the ledger again and compare every read-model table of the active generation
+    /// with the result, as of the generation's position: print OK with counts and exit 0,
+    /// or name the first difference (table, key, column; never a value) and exit 1.
+    Verify(ProjectionsVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProjectionsVerifyArgs {
+    /// PostgreSQL connection URL of the database (needs read access and temporary tables).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
 }
 
 #[derive(Debug, Subcommand)]

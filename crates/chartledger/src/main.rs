@@ -22,6 +22,9 @@ fn main() -> ExitCode {
             commands::checkpoint::verify(&args)
         }
         cli::Command::Ledger { command: cli::LedgerCommand::Verify(args) } => commands::ledger::verify(&args),
+        cli::Command::Projections { command: cli::ProjectionsCommand::Verify(args) } => {
+            commands::projections::verify(&args)
+        }
         cli::Command::Proof { command: cli::ProofCommand::Export(args) } => commands::proof::export(&args),
         cli::Command::Verify(args) => commands::proof::verify(&args),
     };

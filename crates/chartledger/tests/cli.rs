@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+mod read_models;
+
 fn chartledger(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chartledger")).args(args).output().unwrap()
 }

@@ -439,7 +439,9 @@ fn missing(size: u64) -> StoreError {
     StoreError::Corrupt { position: size, reason: "missing Merkle node" }
 }
 
-pub(crate) async fn read_all<'e>(
+/// Up to `max` events of `$all` from `from_position` on any executor (read only: the
+/// read-model check folds the ledger without opening a store).
+pub async fn read_all<'e>(
     exec: impl sqlx::PgExecutor<'e>,
     from_position: u64,
     max: usize,

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod keys;
 pub mod ledger;
+pub mod projections;
 pub mod proof;
 
 use ::ledger::note::NoteVerifier;
