@@ -156,13 +156,17 @@ pub(crate) async fn check_user(pool: &PgPool, row: &UserRow, position: u64) -> R
         "SELECT e.position, e.envelope, p.payload FROM ledger_events e \
          JOIN ledger_payloads p ON p.position = e.position \
          WHERE e.stream_id = '$staff' \
-         AND e.event_type IN ('staff.user_created', 'staff.role_granted', 'staff.role_revoked', 'staff.user_deactivated') \
+         AND e.event_type IN ('staff.user_created', 'staff.role_granted', 'staff.role_revoked', 'staff.user_deactivated', \
+         'staff.role_grant_proposed', 'staff.role_grant_approved', 'staff.role_grant_cancelled') \
          AND convert_from(p.payload, 'UTF8')::jsonb ->> 'user_id' = $1::text ORDER BY e.position",
     )
     .bind(row.user_id)
     .fetch_all(pool)
     .await?;
     let mut fold: Option<(UserRow, u64)> = None;
+    // Grants by id: (role, still pending). As in `staff::apply`, the first proposal of
+    // an id stands, and only its first decision counts (an approval adds its role).
+    let mut grants: std::collections::HashMap<Uuid, (domain::events::Role, bool)> = Default::default();
     for e in &events {
         let at = upos(e.try_get("position")?);
         let envelope: Vec<u8> = e.try_get("envelope")?;
@@ -198,6 +202,21 @@ pub(crate) async fn check_user(pool: &PgPool, row: &UserRow, position: u64) -> R
             (DomainEvent::UserDeactivated(d), Some((u, p))) if d.user_id == row.user_id => {
                 u.active = false;
                 *p = at;
+            }
+            (DomainEvent::RoleGrantProposed(g), Some(_)) if g.user_id == row.user_id => {
+                grants.entry(g.grant_id).or_insert((g.role, true));
+            }
+            (DomainEvent::RoleGrantApproved(g) | DomainEvent::RoleGrantCancelled(g), Some((u, p)))
+                if g.user_id == row.user_id =>
+            {
+                if let Some((role, pending)) = grants.get_mut(&g.grant_id).filter(|(r, p)| *p && *r == g.role)
+                {
+                    *pending = false;
+                    if matches!(event, DomainEvent::RoleGrantApproved(_)) {
+                        u.roles.insert(*role);
+                        *p = at;
+                    }
+                }
             }
             _ => {}
         }

@@ -273,6 +273,25 @@ impl Server {
         r.data()["assignCareTeamMember"]["position"].as_u64().unwrap()
     }
 
+    /// Make every write to an access stream fail in the database (the audit store
+    /// down), or work again.
+    async fn audit_store_down(&self, down: bool) {
+        let statements: &[&str] = if down {
+            &[
+                "CREATE FUNCTION refuse_access() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 IF EXISTS (SELECT 1 FROM new_rows WHERE stream_id LIKE 'access-%') THEN RAISE EXCEPTION 'audit store down'; END IF; \
+                 RETURN NULL; END $$",
+                "CREATE TRIGGER refuse_access AFTER INSERT ON ledger_events REFERENCING NEW TABLE AS new_rows \
+                 FOR EACH STATEMENT EXECUTE FUNCTION refuse_access()",
+            ]
+        } else {
+            &["DROP TRIGGER refuse_access ON ledger_events", "DROP FUNCTION refuse_access()"]
+        };
+        for sql in statements {
+            sqlx::query(sql).execute(self.db.pool()).await.unwrap();
+        }
+    }
+
     async fn wait(&self, position: u64) {
         self.state.projections.wait_for(position, Duration::from_secs(10)).await.unwrap();
     }
@@ -627,18 +646,7 @@ async fn phi_is_withheld_when_the_access_cannot_be_recorded() {
         "Failclosedfamily"
     );
     // Make every write to an access stream fail in the database.
-    sqlx::query(
-        "CREATE FUNCTION refuse_access() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         IF EXISTS (SELECT 1 FROM new_rows WHERE stream_id LIKE 'access-%') THEN RAISE EXCEPTION 'audit store down'; END IF; \
-         RETURN NULL; END $$",
-    )
-    .execute(s.db.pool())
-    .await
-    .unwrap();
-    sqlx::query("CREATE TRIGGER refuse_access AFTER INSERT ON ledger_events REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION refuse_access()")
-        .execute(s.db.pool())
-        .await
-        .unwrap();
+    s.audit_store_down(true).await;
     let raw = s
         .http
         .post(format!("{}/graphql", s.url))
@@ -655,7 +663,7 @@ async fn phi_is_withheld_when_the_access_cannot_be_recorded() {
     assert_eq!(v["errors"][0]["extensions"]["code"], "audit.unavailable");
     assert!(v["data"].is_null());
     // Writes that are not accesses still work, and once the audit store is back, reads do.
-    sqlx::query("DROP TRIGGER refuse_access ON ledger_events").execute(s.db.pool()).await.unwrap();
+    s.audit_store_down(false).await;
     let r = s.gql(Some(&rtok), q, json!({"p": p})).await;
     assert_eq!(r.data()["patient"]["name"]["family"], "Failclosedfamily");
 }

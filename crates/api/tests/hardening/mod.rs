@@ -418,22 +418,11 @@ async fn a_write_is_never_stored_without_its_access_event() {
     assert_eq!(r.err(), "authz.break_glass_required");
     assert_eq!((entries().await, accesses().await), (e0, a0), "nothing written, nothing recorded as access");
     // With the audit store failing, a write is refused and not stored.
-    sqlx::query(
-        "CREATE FUNCTION refuse_access() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-         IF EXISTS (SELECT 1 FROM new_rows WHERE stream_id LIKE 'access-%') THEN RAISE EXCEPTION 'audit store down'; END IF; \
-         RETURN NULL; END $$",
-    )
-    .execute(s.db.pool())
-    .await
-    .unwrap();
-    sqlx::query("CREATE TRIGGER refuse_access AFTER INSERT ON ledger_events REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION refuse_access()")
-        .execute(s.db.pool())
-        .await
-        .unwrap();
+    s.audit_store_down(true).await;
     let r = s.gql(Some(&dtok), RECORD_ENTRY, write.clone()).await;
     assert_eq!(r.err(), "audit.unavailable");
     assert_eq!(entries().await, e0, "the entry was stored without its access event");
-    sqlx::query("DROP TRIGGER refuse_access ON ledger_events").execute(s.db.pool()).await.unwrap();
+    s.audit_store_down(false).await;
     // Back up: the same request succeeds, with exactly one more access event.
     s.gql(Some(&dtok), RECORD_ENTRY, write).await.data();
     assert_eq!(entries().await, e0 + 1);
