@@ -75,7 +75,7 @@ pub(super) async fn graphql_ws(
 /// The close the client sees for one the library makes.
 fn protocol_close(m: Message) -> Message {
     let Message::Close(Some(frame)) = m else { return m };
-    if u16::from(frame.code) != 1002 {
+    if frame.code != 1002 {
         return Message::Close(Some(frame));
     }
     let (code, reason) = match frame.reason.as_str() {
