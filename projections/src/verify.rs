@@ -140,12 +140,27 @@ const TABLES: &[Table] = &[
             "client_addr",
             "user_agent",
             "session_id",
+            "case_ref",
         ],
     },
     Table {
         name: "users",
         key: &["user_id"],
         columns: &["username", "display_name", "roles", "patient_id", "active", "updated_at", "position"],
+    },
+    Table {
+        name: "role_grants",
+        key: &["grant_id"],
+        columns: &[
+            "user_id",
+            "role",
+            "status",
+            "proposed_by",
+            "proposed_at",
+            "decided_by",
+            "decided_at",
+            "position",
+        ],
     },
 ];
 
@@ -283,8 +298,10 @@ pub async fn verify_read_models_with(
     }
     let names: Vec<String> = TABLES.iter().map(|t| format!("{schema}.{}", t.name)).collect();
     sqlx::query(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", "))).execute(&mut *tx).await?;
-    let scratch =
-        records::TABLES_SQL.replace("CREATE SCHEMA __SCHEMA__;", "").replace("__SCHEMA__", "pg_temp");
+    // The tables as a new generation has them: records.sql, then its additions.
+    let scratch = format!("{}\n{}", records::TABLES_SQL, records::UPGRADE_SQL)
+        .replace("CREATE SCHEMA __SCHEMA__;", "")
+        .replace("__SCHEMA__", "pg_temp");
     sqlx::raw_sql(&scratch).execute(&mut *tx).await?;
 
     report.skipped = fold(pool, &mut tx, position, opts).await?;
