@@ -86,24 +86,35 @@ pub(crate) fn password(tools: &PgTools, data_dir: &Path, role: &str) -> Result<(
         return Ok((password, false));
     }
     let password = generate()?;
-    let file = password_file(data_dir, role);
     let tmp = data_dir.join(format!("pgcluster.{role}.password.tmp"));
-    let _ = fs::remove_file(&tmp);
+    write_private(tools, data_dir, &tmp, &password_file(data_dir, role), format!("{password}\n").as_bytes())?;
+    Ok((password, true))
+}
+
+/// Write `bytes` durably to `file` in `dir`: through `tmp` (created afresh, mode 0600, owned
+/// by the server's user), synced, renamed into place, and the directory synced.
+fn write_private(
+    tools: &PgTools,
+    dir: &Path,
+    tmp: &Path,
+    file: &Path,
+    bytes: &[u8],
+) -> Result<(), ClusterError> {
+    let _ = fs::remove_file(tmp);
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
+        .open(tmp)
         .and_then(|mut f| {
-            f.write_all(format!("{password}\n").as_bytes())?;
+            f.write_all(bytes)?;
             f.sync_all()
         })
         .context_io(|| format!("writing {}", tmp.display()))?;
-    tools.hand_over(&tmp)?;
-    fs::rename(&tmp, &file)
-        .and_then(|()| fs::File::open(data_dir)?.sync_all())
-        .context_io(|| format!("writing {}", file.display()))?;
-    Ok((password, true))
+    tools.hand_over(tmp)?;
+    fs::rename(tmp, file)
+        .and_then(|()| fs::File::open(dir)?.sync_all())
+        .context_io(|| format!("writing {}", file.display()))
 }
 
 /// 32 random bytes from the kernel, in hex.
@@ -175,22 +186,7 @@ pub(crate) fn write_hba(tools: &PgTools, dir: &Path) -> Result<(), ClusterError>
     if fs::read_to_string(&hba).is_ok_and(|text| text == PG_HBA) {
         return Ok(());
     }
-    let tmp = dir.join("pg_hba.conf.pgcluster-tmp");
-    let _ = fs::remove_file(&tmp);
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(PG_HBA.as_bytes())?;
-            f.sync_all()
-        })
-        .context_io(|| format!("writing {}", tmp.display()))?;
-    tools.hand_over(&tmp)?;
-    fs::rename(&tmp, &hba)
-        .and_then(|()| fs::File::open(dir)?.sync_all())
-        .context_io(|| format!("writing {}", hba.display()))
+    write_private(tools, dir, &dir.join("pg_hba.conf.pgcluster-tmp"), &hba, PG_HBA.as_bytes())
 }
 
 #[cfg(test)]
