@@ -50,10 +50,7 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-fn now() -> Timestamp {
-    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
-    Timestamp::from_micros(micros as i64)
-}
+use store::now;
 
 fn proposed(event: &DomainEvent, role: Role, user: Uuid) -> ProposedEvent {
     ProposedEvent {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::ProjectionError;
 use crate::snapshot::{self, SnapshotPolicy};
-use crate::sqlmap::{odt, pos, upos};
+use crate::sqlmap::{pos, upos};
 
 /// A chart rebuilt from the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,22 +178,13 @@ async fn last_revision(
         "SELECT max(stream_revision) FROM ledger_events WHERE stream_id = $1 AND recorded_at <= $2",
     )
     .bind(stream.as_str())
-    .bind(at.map_or(MAX_TIME, as_of_time))
+    .bind(at.map_or(MAX_TIME, Timestamp::to_datetime))
     .fetch_one(store.pool())
     .await?;
     Ok(last.and_then(|l| u64::try_from(l).ok()))
 }
 
 const MAX_TIME: time::OffsetDateTime = time::PrimitiveDateTime::MAX.assume_utc();
-
-/// `at` as a database time, saturating at the range `time` supports.
-fn as_of_time(at: Timestamp) -> time::OffsetDateTime {
-    if at.as_micros() > 0 && odt(at) == time::OffsetDateTime::UNIX_EPOCH {
-        MAX_TIME
-    } else {
-        odt(at)
-    }
-}
 
 /// In one round trip: the last revision through `at`, and the latest snapshot at or
 /// before it whose revision's event the ledger still holds with the same hash.
@@ -214,7 +205,7 @@ async fn nearest_snapshot(
          LEFT JOIN ledger_events e ON e.stream_id = $1 AND e.stream_revision = s.revision",
     )
     .bind(stream.as_str())
-    .bind(at.map_or(MAX_TIME, as_of_time))
+    .bind(at.map_or(MAX_TIME, Timestamp::to_datetime))
     .bind(patient_id)
     .bind(snapshot::FORMAT)
     .fetch_one(store.pool())

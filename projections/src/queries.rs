@@ -477,8 +477,8 @@ impl ReadModels {
              FROM rm.appointments WHERE clinician_id = $1 AND start_at >= $2 AND start_at < $3 ORDER BY start_at",
         )
         .bind(clinician_id)
-        .bind(odt(from))
-        .bind(odt(to))
+        .bind(from.to_datetime())
+        .bind(to.to_datetime())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok((r.try_get("patient_id")?, records::appointment_from(r)?))).collect()
@@ -499,8 +499,8 @@ impl ReadModels {
         )
         .bind(q.patient_id)
         .bind(q.user_id)
-        .bind(q.from.map(odt))
-        .bind(q.to.map(odt))
+        .bind(q.from.map(Timestamp::to_datetime))
+        .bind(q.to.map(Timestamp::to_datetime))
         .bind(i64::from(q.limit.clamp(1, MAX_LIMIT)))
         .bind(q.before_position.map(pos))
         .fetch_all(&self.pool)
@@ -513,7 +513,7 @@ impl ReadModels {
                     patient_id: r.try_get("patient_id")?,
                     user_id: r.try_get("user_id")?,
                     role: r.try_get("role")?,
-                    accessed_at: ts(r.try_get("accessed_at")?),
+                    accessed_at: Timestamp::from_datetime(r.try_get("accessed_at")?),
                     resources: parse_all(&r.try_get::<Vec<String>, _>("resources")?, "resource")?,
                     action: parse(&r.try_get::<String, _>("action")?, "action")?,
                     purpose: parse(&r.try_get::<String, _>("purpose")?, "purpose")?,

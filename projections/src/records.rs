@@ -366,12 +366,13 @@ pub(crate) fn patient_into(row: &PgRow, chart: &mut Chart) -> Result<(), Project
         birth_date: row.try_get::<Option<time::Date>, _>("birth_date")?.ok_or(corrupt("birth_date"))?,
         sex: parse(&row.try_get::<Option<String>, _>("sex")?.unwrap_or_default(), "sex")?,
         contact: from_json(contact.as_deref().unwrap_or("{}"), "contact")?,
-        registered_at: ts(row
-            .try_get::<Option<time::OffsetDateTime>, _>("registered_at")?
-            .ok_or(corrupt("registered_at"))?),
-        updated_at: ts(row
-            .try_get::<Option<time::OffsetDateTime>, _>("updated_at")?
-            .ok_or(corrupt("updated_at"))?),
+        registered_at: Timestamp::from_datetime(
+            row.try_get::<Option<time::OffsetDateTime>, _>("registered_at")?
+                .ok_or(corrupt("registered_at"))?,
+        ),
+        updated_at: Timestamp::from_datetime(
+            row.try_get::<Option<time::OffsetDateTime>, _>("updated_at")?.ok_or(corrupt("updated_at"))?,
+        ),
         version: row.try_get::<Option<i32>, _>("demographics_version")?.unwrap_or(1) as u32,
         merged_into: row.try_get("merged_into")?,
     });
@@ -398,9 +399,9 @@ pub(crate) fn entry_version_from(row: &PgRow) -> Result<EntryVersion, Projection
         version: row.try_get::<i32, _>("version")? as u32,
         change,
         content: from_json::<EntryContent>(&content, "content")?,
-        effective_at: ts(row.try_get("effective_at")?),
+        effective_at: Timestamp::from_datetime(row.try_get("effective_at")?),
         author: actor(row.try_get("author_id")?, &role)?,
-        recorded_at: ts(row.try_get("recorded_at")?),
+        recorded_at: Timestamp::from_datetime(row.try_get("recorded_at")?),
         event_id: row.try_get("event_id")?,
         position: upos(row.try_get("position")?),
     })
@@ -443,8 +444,8 @@ pub(crate) fn consent_from(row: &PgRow) -> Result<ConsentVersion, ProjectionErro
         change,
         granted: parse_all(&row.try_get::<Vec<String>, _>("granted")?, "purpose")?,
         witness_id: row.try_get("witness_id")?,
-        effective_at: ts(row.try_get("effective_at")?),
-        recorded_at: ts(row.try_get("recorded_at")?),
+        effective_at: Timestamp::from_datetime(row.try_get("effective_at")?),
+        recorded_at: Timestamp::from_datetime(row.try_get("recorded_at")?),
         recorded_by: row.try_get("recorded_by")?,
         position: upos(row.try_get("position")?),
     })
@@ -454,7 +455,7 @@ pub(crate) fn care_from(row: &PgRow) -> Result<CareTeamMember, ProjectionError> 
     Ok(CareTeamMember {
         clinician_id: row.try_get("clinician_id")?,
         care_role: parse(&row.try_get::<String, _>("care_role")?, "care_role")?,
-        assigned_at: ts(row.try_get("assigned_at")?),
+        assigned_at: Timestamp::from_datetime(row.try_get("assigned_at")?),
         assigned_by: row.try_get("assigned_by")?,
     })
 }
@@ -464,12 +465,12 @@ pub(crate) fn appointment_from(row: &PgRow) -> Result<Appointment, ProjectionErr
         appointment_id: row.try_get("appointment_id")?,
         clinician_id: row.try_get("clinician_id")?,
         visit_type: parse(&row.try_get::<String, _>("visit_type")?, "visit_type")?,
-        start: ts(row.try_get("start_at")?),
-        end: ts(row.try_get("end_at")?),
+        start: Timestamp::from_datetime(row.try_get("start_at")?),
+        end: Timestamp::from_datetime(row.try_get("end_at")?),
         status: AppointmentStatus::parse(&row.try_get::<String, _>("status")?)
             .ok_or(ProjectionError::Corrupt { what: "appointment status" })?,
         version: row.try_get::<i32, _>("version")? as u32,
-        updated_at: ts(row.try_get("updated_at")?),
+        updated_at: Timestamp::from_datetime(row.try_get("updated_at")?),
     })
 }
 
@@ -642,8 +643,8 @@ fn copy_patient(rows: &mut CopyRows, c: &Chart) -> Result<(), ProjectionError> {
         Some(d) => rows.put_jsonb(&json(&d.contact))?,
         None => rows.put(None::<&str>)?,
     };
-    rows.put(d.map(|d| odt(d.registered_at)))?
-        .put(d.map(|d| odt(d.updated_at)))?
+    rows.put(d.map(|d| d.registered_at.to_datetime()))?
+        .put(d.map(|d| d.updated_at.to_datetime()))?
         .put(d.map(|d| d.version as i32))?
         .put(d.and_then(|d| d.merged_into))?
         .put(c.revision.map(pos).unwrap_or(0))?
@@ -663,8 +664,8 @@ fn copy_entry(rows: &mut CopyRows, patient: Uuid, e: &Entry) -> Result<(), Proje
         .put(e.kind.as_str())?
         .put(e.status.as_str())?
         .put(cur.version as i32)?
-        .put(odt(cur.effective_at))?
-        .put(odt(cur.recorded_at))?
+        .put(cur.effective_at.to_datetime())?
+        .put(cur.recorded_at.to_datetime())?
         .put(pos(cur.position))?;
     Ok(())
 }
@@ -676,7 +677,7 @@ fn copy_care(rows: &mut CopyRows, patient: Uuid, m: &CareTeamMember) -> Result<(
         .put(patient)?
         .put(m.clinician_id)?
         .put(m.care_role.as_str())?
-        .put(odt(m.assigned_at))?
+        .put(m.assigned_at.to_datetime())?
         .put(m.assigned_by)?;
     Ok(())
 }
@@ -690,11 +691,11 @@ fn copy_appointment(rows: &mut CopyRows, patient: Uuid, a: &Appointment) -> Resu
         .put(patient)?
         .put(a.clinician_id)?
         .put(a.visit_type.as_str())?
-        .put(odt(a.start))?
-        .put(odt(a.end))?
+        .put(a.start.to_datetime())?
+        .put(a.end.to_datetime())?
         .put(a.status.as_str())?
         .put(a.version as i32)?
-        .put(odt(a.updated_at))?;
+        .put(a.updated_at.to_datetime())?;
     Ok(())
 }
 
@@ -726,8 +727,8 @@ impl PatientCols {
         self.birth.push(d.map(|d| d.birth_date));
         self.sex.push(d.map(|d| name(&d.sex)));
         self.contact.push(d.map(|d| json(&d.contact)));
-        self.registered_at.push(d.map(|d| odt(d.registered_at)));
-        self.updated_at.push(d.map(|d| odt(d.updated_at)));
+        self.registered_at.push(d.map(|d| d.registered_at.to_datetime()));
+        self.updated_at.push(d.map(|d| d.updated_at.to_datetime()));
         self.version.push(d.map(|d| d.version as i32));
         self.merged.push(d.and_then(|d| d.merged_into));
     }
@@ -828,8 +829,8 @@ impl EntryCols {
         self.kind.push(e.kind.as_str().to_owned());
         self.status.push(e.status.as_str().to_owned());
         self.version.push(cur.version as i32);
-        self.effective.push(odt(cur.effective_at));
-        self.recorded.push(odt(cur.recorded_at));
+        self.effective.push(cur.effective_at.to_datetime());
+        self.recorded.push(cur.recorded_at.to_datetime());
         self.position.push(pos(cur.position));
     }
     async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
@@ -887,10 +888,10 @@ fn push_version(
     } else {
         rows.put_json(&content)?;
     }
-    rows.put(odt(v.effective_at))?
+    rows.put(v.effective_at.to_datetime())?
         .put(v.author.user_id)?
         .put(v.author.role.as_str())?
-        .put(odt(v.recorded_at))?
+        .put(v.recorded_at.to_datetime())?
         .put(v.event_id)?
         .put(pos(v.position))?;
     Ok(())
@@ -916,8 +917,8 @@ fn push_consent(rows: &mut CopyRows, patient: Uuid, v: &ConsentVersion) -> Resul
         .put(withdrawn)?
         .put(names(&v.granted))?
         .put(v.witness_id)?
-        .put(odt(v.effective_at))?
-        .put(odt(v.recorded_at))?
+        .put(v.effective_at.to_datetime())?
+        .put(v.recorded_at.to_datetime())?
         .put(v.recorded_by)?
         .put(pos(v.position))?;
     Ok(())
@@ -937,7 +938,7 @@ impl CareCols {
         self.patient.push(patient);
         self.clinician.push(m.clinician_id);
         self.role.push(m.care_role.as_str().to_owned());
-        self.at.push(odt(m.assigned_at));
+        self.at.push(m.assigned_at.to_datetime());
         self.by.push(m.assigned_by);
     }
     async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
@@ -981,11 +982,11 @@ impl AppointmentCols {
         self.patient.push(patient);
         self.clinician.push(a.clinician_id);
         self.visit.push(a.visit_type.as_str().to_owned());
-        self.start.push(odt(a.start));
-        self.end.push(odt(a.end));
+        self.start.push(a.start.to_datetime());
+        self.end.push(a.end.to_datetime());
         self.status.push(a.status.as_str().to_owned());
         self.version.push(a.version as i32);
-        self.updated.push(odt(a.updated_at));
+        self.updated.push(a.updated_at.to_datetime());
     }
     async fn write(self, conn: &mut PgConnection, schema: &str) -> Result<(), ProjectionError> {
         if self.id.is_empty() {
@@ -1025,7 +1026,7 @@ fn push_access(rows: &mut CopyRows, r: &AccessLogEntry) -> Result<(), Projection
         .put(r.patient_id)?
         .put(r.user_id)?
         .put(r.role.as_str())?
-        .put(odt(r.accessed_at))?
+        .put(r.accessed_at.to_datetime())?
         .put(names(&r.resources))?
         .put(r.action.as_str())?
         .put(r.purpose.as_str())?

@@ -5,13 +5,13 @@
 //! the original result (idempotency), whatever the chart says now.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use domain::commands::{decide, Command};
 use domain::events::{DomainEvent, RecordAccessed};
 use domain::{streams, Chart, DomainError};
 use ledger::{Actor, StreamId, Timestamp};
-use store::{EventStore, ExpectedRevision, ProposedEvent, StoreError};
+use store::{now, EventStore, ExpectedRevision, ProposedEvent, StoreError};
 use uuid::Uuid;
 
 /// How often a command is re-decided after losing an expected-revision race (which,
@@ -80,11 +80,6 @@ struct Retry<'a> {
 pub struct Records {
     store: EventStore,
     locks: Arc<[tokio::sync::Mutex<()>]>,
-}
-
-fn now() -> Timestamp {
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
-    Timestamp::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
 }
 
 impl Records {

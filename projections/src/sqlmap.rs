@@ -7,15 +7,6 @@ use uuid::Uuid;
 
 use crate::error::ProjectionError;
 
-pub fn odt(t: Timestamp) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-pub fn ts(t: OffsetDateTime) -> Timestamp {
-    Timestamp::from_micros((t.unix_timestamp_nanos() / 1000) as i64)
-}
-
 pub fn pos(p: u64) -> i64 {
     i64::try_from(p).unwrap_or(i64::MAX)
 }

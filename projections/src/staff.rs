@@ -40,7 +40,7 @@ pub(crate) async fn write_staff(
     schema: &str,
     r: &Recorded,
 ) -> Result<(), ProjectionError> {
-    let at = odt(r.recorded_at);
+    let at = r.recorded_at.to_datetime();
     let position = pos(r.position);
     match &r.event {
         DomainEvent::UserCreated(u) => {
@@ -141,7 +141,7 @@ async fn decide(
         .bind(name(&g.role))
         .bind(status.as_str())
         .bind(r.actor.user_id)
-        .bind(odt(r.recorded_at))
+        .bind(r.recorded_at.to_datetime())
         .bind(pos(r.position))
         .execute(conn)
         .await?;
@@ -173,9 +173,9 @@ fn grant_from(r: &PgRow) -> Result<GrantRow, ProjectionError> {
             proposed_by: r.try_get("proposed_by")?,
             status: GrantStatus::parse(&status).ok_or(ProjectionError::Corrupt { what: "grant status" })?,
         },
-        proposed_at: ts(r.try_get("proposed_at")?),
+        proposed_at: Timestamp::from_datetime(r.try_get("proposed_at")?),
         decided_by: r.try_get("decided_by")?,
-        decided_at: r.try_get::<Option<OffsetDateTime>, _>("decided_at")?.map(ts),
+        decided_at: r.try_get::<Option<OffsetDateTime>, _>("decided_at")?.map(Timestamp::from_datetime),
         position: upos(r.try_get("position")?),
     })
 }

@@ -61,14 +61,7 @@ fn actor(role: Role) -> Actor {
     Actor { user_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001), role: role.role_name() }
 }
 
-fn now() -> Timestamp {
-    Timestamp::from_micros(
-        i64::try_from(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros(),
-        )
-        .unwrap(),
-    )
-}
+use store::now;
 
 /// Drive the simulator through the command service: `steps` steps over `patients`
 /// patients. Calls `at_step` after every step with the last result.

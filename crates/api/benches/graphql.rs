@@ -418,10 +418,7 @@ impl Conn {
 
 // ------------------------------------------------------------------ seeding
 
-fn now() -> Timestamp {
-    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
-    Timestamp::from_micros(micros as i64)
-}
+use store::now;
 
 /// Keeps the simulator's chart current without a database.
 fn apply_local(chart: &mut Chart, event: &DomainEvent, at: Timestamp) {

@@ -28,4 +28,5 @@ pub use envelope::{EventBody, Payload, SignedEvent, GENESIS_PREV_HASH};
 pub use error::LedgerError;
 pub use ids::{Actor, EventType, RoleName, StreamId};
 pub use keys::{KeyId, KeyRecord, KeyRegistry, LedgerSigningKey};
+pub use note::STRICT_BASE64;
 pub use time::Timestamp;

@@ -98,8 +98,9 @@ const SIG_PREFIX: &str = "\u{2014} ";
 const SKEY_PREFIX: &str = "PRIVATE+KEY+";
 
 /// Standard base64 (RFC 4648 §4) that only decodes the canonical encoding:
-/// padding required, non-zero trailing bits rejected.
-pub(crate) const STRICT_BASE64: GeneralPurpose = GeneralPurpose::new(
+/// padding required, non-zero trailing bits rejected, so every byte string has exactly
+/// one spelling. The one engine for base64 in signed or exported formats.
+pub const STRICT_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_encode_padding(true)

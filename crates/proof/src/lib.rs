@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::GeneralPurpose;
 use base64::Engine as _;
 use ledger::checkpoint::{Checkpoint, CheckpointError};
 use ledger::keys::{
@@ -34,15 +34,8 @@ pub const FORMAT_V2: &str = "chartledger-proof/v2";
 /// The largest bundle [`verify_json`] parses.
 pub const MAX_BUNDLE_LEN: usize = 16 << 20;
 
-/// Standard base64 that only decodes the canonical encoding (padding required, no
-/// trailing bits), so every byte string has exactly one spelling in a bundle.
-const B64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_encode_padding(true)
-        .with_decode_allow_trailing_bits(false)
-        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
-);
+/// Base64 in bundles: the ledger's strict engine (one spelling per byte string).
+const B64: GeneralPurpose = ledger::STRICT_BASE64;
 
 // ------------------------------------------------------------------ the document
 

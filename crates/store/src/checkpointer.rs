@@ -106,7 +106,7 @@ pub(crate) async fn write(
     .bind(head.size as i64)
     .bind(head.root.to_vec())
     .bind(&note)
-    .bind(crate::to_offset(ledger::Timestamp::from_micros(micros)))
+    .bind(ledger::Timestamp::from_micros(micros).to_datetime())
     .execute(pool)
     .await?;
     tracing::debug!(tree_size = head.size, root = %base64::engine::general_purpose::STANDARD.encode(head.root), "checkpoint");

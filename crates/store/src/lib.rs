@@ -300,7 +300,7 @@ impl EventStore {
             "SELECT max(stream_revision) FROM ledger_events WHERE stream_id = $1 AND recorded_at <= $2",
         )
         .bind(stream.as_str())
-        .bind(to_offset(at))
+        .bind(at.to_datetime())
         .fetch_one(&self.inner.pool)
         .await?;
         match last.and_then(|l| u64::try_from(l).ok()) {
@@ -540,22 +540,15 @@ impl writer::Writer {
     }
 }
 
+/// The clock, read once per call: the one `now()` of the crates above the pure core
+/// (the core and the domain are given their times).
+pub fn now() -> Timestamp {
+    Timestamp::from_datetime(time::OffsetDateTime::now_utc())
+}
+
 /// Microseconds since the epoch, now.
 pub(crate) fn now_micros() -> i64 {
-    let t = time::OffsetDateTime::now_utc();
-    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
-}
-
-/// As a `time` value, saturating at the range `time` supports (years -9999..=9999).
-pub(crate) fn to_offset(t: Timestamp) -> time::OffsetDateTime {
-    let max = time::PrimitiveDateTime::MAX.assume_utc();
-    let min = time::PrimitiveDateTime::MIN.assume_utc();
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1000)
-        .unwrap_or(if t.as_micros() > 0 { max } else { min })
-}
-
-pub(crate) fn from_offset(t: time::OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+    now().as_micros()
 }
 
 /// Run CPU-heavy work without stalling the runtime: `block_in_place` on a multi-thread

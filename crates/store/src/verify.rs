@@ -362,7 +362,7 @@ fn check_row(r: &RowData, registry: &KeyRegistry) -> Checked {
     if r.event_type != b.event_type.as_str() {
         return Err(FailureKind::ColumnMismatch("event_type"));
     }
-    if crate::from_offset(r.recorded_at) != b.recorded_at.as_micros() {
+    if ledger::Timestamp::from_datetime(r.recorded_at) != b.recorded_at {
         return Err(FailureKind::ColumnMismatch("recorded_at"));
     }
     let key = match registry.key_valid_at(&b.key_id, b.recorded_at) {

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::nodes::fetch_nodes;
 use crate::types::{AppendResult, ExpectedRevision, KeyRotation, ProposedEvent};
-use crate::{to_offset, Head, StoreConfig};
+use crate::{Head, StoreConfig};
 
 /// Advisory lock key held by the ledger's writer ("CHLEDGER").
 pub(crate) const WRITER_LOCK: i64 = 0x4348_4c45_4447_4552;
@@ -191,7 +191,7 @@ pub(crate) async fn load_state(conn: &mut PgConnection) -> Result<LedgerState, S
         Some(r) => {
             let p: i64 = r.try_get("position")?;
             let t: time::OffsetDateTime = r.try_get("recorded_at")?;
-            (p as u64 + 1, crate::from_offset(t))
+            (p as u64 + 1, Timestamp::from_datetime(t).as_micros())
         }
     };
     let parts = Frontier::node_ids(head);
@@ -969,7 +969,7 @@ async fn insert_rows(conn: &mut PgConnection, rows: &[NewRow], head: u64) -> Res
         revisions.push(r.event.stream_revision() as i64);
         ids.push(r.event.event_id());
         types.push(r.event.body().event_type.as_str().to_owned());
-        times.push(to_offset(r.event.recorded_at()));
+        times.push(r.event.recorded_at().to_datetime());
         envelopes.push(r.event.to_bytes());
         hashes.push(r.event.hash().to_vec());
         nodes.push(r.merkle_nodes.clone());

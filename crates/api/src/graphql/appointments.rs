@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::error::ApiResult;
 
 use super::execute;
-use super::types::{dt, ts, CancelledBy, VisitType, Written};
+use super::types::{ts, CancelledBy, VisitType, Written};
 use crate::access::{authorize, parts, wait_for};
 use crate::error::ApiError;
 use crate::policy::{self, Operation, Rule};
@@ -34,11 +34,11 @@ impl From<&DAppointment> for Appointment {
             appointment_id: a.appointment_id,
             clinician_id: a.clinician_id,
             visit_type: a.visit_type.into(),
-            start: dt(a.start),
-            end: dt(a.end),
+            start: a.start.to_datetime(),
+            end: a.end.to_datetime(),
             status: a.status.as_str().to_owned(),
             version: a.version,
-            updated_at: dt(a.updated_at),
+            updated_at: a.updated_at.to_datetime(),
         }
     }
 }

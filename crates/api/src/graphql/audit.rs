@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-use super::types::{dt, page_size, ts, AccessAction, PurposeOfUse, ResourceKind};
+use super::types::{page_size, ts, AccessAction, PurposeOfUse, ResourceKind};
 use crate::access::{authorize, parts, wait_for};
 use crate::error::ApiError;
 use crate::policy::Operation;
@@ -50,7 +50,7 @@ impl From<AccessLogEntry> for AccessEvent {
             patient_id: a.patient_id,
             user_id: a.user_id,
             role: a.role,
-            accessed_at: dt(a.accessed_at),
+            accessed_at: a.accessed_at.to_datetime(),
             resources: a.resources.into_iter().map(Into::into).collect(),
             action: a.action.into(),
             purpose: a.purpose.into(),
@@ -161,7 +161,7 @@ impl AuditQuery {
                     position: r.position,
                     revision: body.stream_revision,
                     event_type: body.event_type.as_str().to_owned(),
-                    recorded_at: dt(body.recorded_at),
+                    recorded_at: body.recorded_at.to_datetime(),
                     actor_id: body.actor.user_id,
                     actor_role: body.actor.role.as_str().to_owned(),
                     payload,

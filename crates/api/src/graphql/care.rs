@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::error::ApiResult;
 
 use super::execute;
-use super::types::{dt, CareRole, Written};
+use super::types::{CareRole, Written};
 use crate::access::{authorize, parts, refuse, wait_for};
 use crate::error::ApiError;
 use crate::policy::Operation;
@@ -28,7 +28,7 @@ impl From<&DMember> for CareTeamMember {
         Self {
             clinician_id: m.clinician_id,
             care_role: m.care_role.into(),
-            assigned_at: dt(m.assigned_at),
+            assigned_at: m.assigned_at.to_datetime(),
             assigned_by: m.assigned_by,
         }
     }

@@ -17,7 +17,7 @@ use super::care::CareTeamMember;
 use super::consents::ConsentVersion;
 use super::patients::Patient;
 use super::resolved::EntryList;
-use super::types::{dt, from_json, now, to_json, ts, EntryKind, UserNames, Written};
+use super::types::{from_json, now, to_json, ts, EntryKind, UserNames, Written};
 use super::{execute, execute_timed, read_chart, record_op};
 use crate::access::{authorize, parts};
 use crate::error::ApiError;
@@ -61,10 +61,10 @@ impl EntryVersion {
         Ok(Json(&self.v()?.content))
     }
     async fn effective_at(&self) -> ApiResult<OffsetDateTime> {
-        Ok(dt(self.v()?.effective_at))
+        Ok((self.v()?.effective_at).to_datetime())
     }
     async fn recorded_at(&self) -> ApiResult<OffsetDateTime> {
-        Ok(dt(self.v()?.recorded_at))
+        Ok((self.v()?.recorded_at).to_datetime())
     }
     async fn author_id(&self) -> ApiResult<Uuid> {
         Ok(self.v()?.author.user_id)

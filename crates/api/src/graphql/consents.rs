@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-use super::types::{dt, now, ts, ConsentMethod, ConsentPurpose, Written};
+use super::types::{now, ts, ConsentMethod, ConsentPurpose, Written};
 use super::{execute, execute_timed};
 use crate::access::{authorize, parts, wait_for};
 use crate::policy::Operation;
@@ -47,8 +47,8 @@ impl From<&DConsent> for ConsentVersion {
             withdrawn,
             method,
             witness_id: c.witness_id,
-            effective_at: dt(c.effective_at),
-            recorded_at: dt(c.recorded_at),
+            effective_at: c.effective_at.to_datetime(),
+            recorded_at: c.recorded_at.to_datetime(),
             recorded_by: c.recorded_by,
             position: c.position,
         }

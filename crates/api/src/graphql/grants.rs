@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::staff::staff_event;
-use super::types::{dt, Role, Written};
+use super::types::{Role, Written};
 use crate::access::{authorize, parts, refuse};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -73,9 +73,9 @@ impl From<GrantRow> for RoleGrant {
             role: g.state.grant.role.into(),
             status: g.state.status.into(),
             proposed_by: g.state.proposed_by,
-            proposed_at: dt(g.proposed_at),
+            proposed_at: g.proposed_at.to_datetime(),
             decided_by: g.decided_by,
-            decided_at: g.decided_at.map(dt),
+            decided_at: g.decided_at.map(Timestamp::to_datetime),
             position: g.position,
             replayed: false,
         }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::ApiResult;
 
-use super::types::{dt, from_json, page_size, to_json, Sex, Written};
+use super::types::{from_json, page_size, to_json, Sex, Written};
 use super::{execute, read_chart};
 use crate::access::{authorize, may_list, parts, wait_for};
 use crate::error::ApiError;
@@ -49,8 +49,8 @@ impl Patient {
             birth_date: d.birth_date,
             sex: d.sex.into(),
             contact: to_json(&d.contact),
-            registered_at: dt(d.registered_at),
-            updated_at: dt(d.updated_at),
+            registered_at: d.registered_at.to_datetime(),
+            updated_at: d.updated_at.to_datetime(),
             version: d.version,
             merged_into: d.merged_into,
         }

@@ -9,27 +9,13 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
-pub fn dt(t: Timestamp) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.as_micros()) * 1000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 /// A time from the client. Timestamps are microseconds: a time with finer digits is
 /// refused (`input.time_precision`), never silently truncated.
 pub fn ts(t: OffsetDateTime) -> Result<Timestamp, ApiError> {
-    if t.nanosecond() % 1000 != 0 {
-        return Err(ApiError::InvalidInput { code: "input.time_precision" });
-    }
-    Ok(micros(t))
+    Timestamp::from_datetime_exact(t).ok_or(ApiError::InvalidInput { code: "input.time_precision" })
 }
 
-fn micros(t: OffsetDateTime) -> Timestamp {
-    Timestamp::from_micros(i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX))
-}
-
-pub fn now() -> Timestamp {
-    micros(OffsetDateTime::now_utc())
-}
+pub use store::now;
 
 /// The page size a client asked for: 1 to `max`, `default` when not given. Anything
 /// else is refused (`request.bad_page_size`), never clamped into a page.

@@ -17,7 +17,7 @@
 //!   with the demo physician; the patient account's record is the first of them.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use api::AppState;
@@ -143,10 +143,7 @@ impl Cast {
     }
 }
 
-fn now() -> Timestamp {
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
-    Timestamp::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
-}
+use store::now;
 
 const MINUTE: i64 = 60_000_000;
 const DAY: i64 = 24 * 60 * MINUTE;
