@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use domain::chart::*;
 use domain::events::{DomainEvent, EntryContent};
 use domain::Recorded;
+use ledger::Timestamp;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use domain::commands::{decide, Command};
 use domain::events::{DomainEvent, RecordAccessed};
 use domain::{streams, Chart, DomainError};
-use ledger::{Actor, StreamId, Timestamp};
+use ledger::{Actor, StreamId};
 use store::{now, EventStore, ExpectedRevision, ProposedEvent, StoreError};
 use uuid::Uuid;
 

@@ -285,8 +285,8 @@ pub fn decode(bytes: &[u8]) -> Result<Chart, ProjectionError> {
             birth_date: time::Date::from_ordinal_date(d.b.0, d.b.1).map_err(|_| corrupt())?,
             sex: d.sex,
             contact: d.contact,
-            registered_at: Timestamp::from_datetime(d.ra),
-            updated_at: Timestamp::from_datetime(d.ua),
+            registered_at: ts(d.ra),
+            updated_at: ts(d.ua),
             version: d.v,
             merged_into: d.m,
         }),
@@ -310,8 +310,8 @@ pub fn decode(bytes: &[u8]) -> Result<Chart, ProjectionError> {
                 },
                 granted: v.g.into_iter().collect(),
                 witness_id: v.wi,
-                effective_at: Timestamp::from_datetime(v.ef),
-                recorded_at: Timestamp::from_datetime(v.rc),
+                effective_at: ts(v.ef),
+                recorded_at: ts(v.rc),
                 recorded_by: v.by,
                 position: v.pos,
             })
@@ -325,7 +325,7 @@ pub fn decode(bytes: &[u8]) -> Result<Chart, ProjectionError> {
                     CareTeamMember {
                         clinician_id: m.id,
                         care_role: m.role,
-                        assigned_at: Timestamp::from_datetime(m.at),
+                        assigned_at: ts(m.at),
                         assigned_by: m.by,
                     },
                 )
@@ -346,11 +346,11 @@ pub fn decode(bytes: &[u8]) -> Result<Chart, ProjectionError> {
                 appointment_id: a.id,
                 clinician_id: a.cl,
                 visit_type: a.vt,
-                start: Timestamp::from_datetime(a.s),
-                end: Timestamp::from_datetime(a.e),
+                start: ts(a.s),
+                end: ts(a.e),
                 status,
                 version: a.n,
-                updated_at: Timestamp::from_datetime(a.up),
+                updated_at: ts(a.up),
             },
         );
     }

@@ -1,8 +1,7 @@
 //! Small conversions between domain values and SQL columns.
 
-use ledger::{Actor, RoleName, Timestamp};
+use ledger::{Actor, RoleName};
 use serde::{de::DeserializeOwned, Serialize};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::ProjectionError;

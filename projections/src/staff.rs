@@ -11,6 +11,7 @@
 use domain::events::{DomainEvent, Role};
 use domain::staff::{GrantState, GrantStatus, RoleGrant};
 use domain::Recorded;
+use ledger::Timestamp;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use time::OffsetDateTime;

@@ -75,7 +75,7 @@ impl From<GrantRow> for RoleGrant {
             proposed_by: g.state.proposed_by,
             proposed_at: g.proposed_at.to_datetime(),
             decided_by: g.decided_by,
-            decided_at: g.decided_at.map(Timestamp::to_datetime),
+            decided_at: g.decided_at.map(ledger::Timestamp::to_datetime),
             position: g.position,
             replayed: false,
         }
