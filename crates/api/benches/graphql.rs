@@ -335,18 +335,35 @@ async fn login(http: &reqwest::Client, url: &str, name: &str, password: &str) ->
     token
 }
 
-/// Create physician `name` (as the administrator) and log in. Returns (user id, token).
-async fn physician(http: &reqwest::Client, url: &str, admin: &str, name: &str) -> (Uuid, String) {
+/// Create user `name` with `role` (as the administrator `admin`), have `approver` (a
+/// second administrator, or `None` for the grant the bootstrap administrator may make
+/// alone) approve the role, and log in. Returns (user id, token).
+async fn staff(
+    http: &reqwest::Client,
+    url: &str,
+    (admin, approver): (&str, Option<&str>),
+    name: &str,
+    role: &str,
+) -> (Uuid, String) {
     let id = Uuid::now_v7();
-    gql(
-        http,
-        url,
-        Some(admin),
-        "mutation($id: UUID!, $u: String!, $pw: String!, $e: UUID!) { createUser(userId: $id, username: $u, \
-         displayName: \"Bench physician\", roles: [PHYSICIAN], initialPassword: $pw, eventId: $e) { position } }",
-        json!({"id": id, "u": name, "pw": INITIAL, "e": Uuid::now_v7()}),
-    )
-    .await;
+    let create = format!(
+        "mutation($id: UUID!, $u: String!, $pw: String!, $e: UUID!) {{ createUser(userId: $id, username: $u, \
+         displayName: \"Bench user\", roles: [{role}], initialPassword: $pw, eventId: $e) {{ position }} }}"
+    );
+    gql(http, url, Some(admin), &create, json!({"id": id, "u": name, "pw": INITIAL, "e": Uuid::now_v7()}))
+        .await;
+    if let Some(approver) = approver {
+        // Separation of duties: a clinical role needs a second administrator.
+        let list = "query($u: UUID!) { roleGrants(userId: $u, status: PENDING) { grantId } }";
+        let pending = gql(http, url, Some(admin), list, json!({"u": id})).await;
+        let approve =
+            "mutation($g: UUID!, $e: UUID!) { approveRoleGrant(grantId: $g, eventId: $e) { status } }";
+        for g in pending["roleGrants"].as_array().unwrap() {
+            let r = gql(http, url, Some(approver), approve, json!({"g": g["grantId"], "e": Uuid::now_v7()}))
+                .await;
+            assert_eq!(r["approveRoleGrant"]["status"], "APPROVED");
+        }
+    }
     (id, login(http, url, name, INITIAL).await)
 }
 
@@ -511,10 +528,14 @@ fn main() {
     let (docs, tokens): (Vec<Uuid>, Vec<String>) = crt.block_on(async {
         let http = client();
         let admin = login(&http, &url, "admin", ADMIN_PASSWORD).await;
+        let (_, admin2) = staff(&http, &url, (&admin, None), "admin.bench2", "ADMINISTRATOR").await;
         let out: Vec<(Uuid, String)> = futures::stream::iter(0..max_clients)
             .map(|c| {
-                let (http, url, admin) = (http.clone(), url.clone(), admin.clone());
-                async move { physician(&http, &url, &admin, &format!("dr.bench{c:02}")).await }
+                let (http, url, admin, admin2) = (http.clone(), url.clone(), admin.clone(), admin2.clone());
+                async move {
+                    let name = format!("dr.bench{c:02}");
+                    staff(&http, &url, (&admin, Some(&admin2)), &name, "PHYSICIAN").await
+                }
             })
             .buffered(4)
             .collect()
@@ -522,7 +543,7 @@ fn main() {
         out.into_iter().unzip()
     });
     println!(
-        "  {max_clients} physicians created, logged in with TOTP in {:.1} s",
+        "  {max_clients} physicians created (roles approved by a second administrator), logged in with TOTP in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 
