@@ -15,7 +15,9 @@
 //!   `assigned_at` (the fold sets it to the event's recorded time; found through the
 //!   ledger's `(stream_id, recorded_at)` index), whose payload names the row's clinician
 //!   and care role, and no `care_team.member_removed` of that clinician follows it in the
-//!   stream. A row that fails is left out (a warning names the patient and clinician):
+//!   stream (found through the partial index `ledger_events_care_removed_idx` on the
+//!   stream's removals, one probe instead of a walk over every later event of the
+//!   stream, which an uncached chart load paid for each care-team member). A row that fails is left out (a warning names the patient and clinician):
 //!   the clinician is not on the care team. Applied to the current chart's load (the
 //!   cached chart is the loaded one, so a cache hit costs nothing more), to
 //!   `is_on_care_team` (writes, searches, point-in-time reads), to `care_team` and to
@@ -63,7 +65,7 @@ pub(crate) const CARE_BACKED: &str = "EXISTS (SELECT 1 FROM ledger_events e \
      AND convert_from(p.payload, 'UTF8')::jsonb ->> 'clinician_id' = c.clinician_id::text \
      AND convert_from(p.payload, 'UTF8')::jsonb ->> 'care_role' = c.care_role \
      AND NOT EXISTS (SELECT 1 FROM ledger_events r JOIN ledger_payloads rp ON rp.position = r.position \
-       WHERE r.stream_id = e.stream_id AND r.recorded_at >= e.recorded_at AND r.position > e.position \
+       WHERE r.stream_id = e.stream_id AND r.position > e.position \
        AND r.event_type = 'care_team.member_removed' \
        AND convert_from(rp.payload, 'UTF8')::jsonb ->> 'clinician_id' = c.clinician_id::text))";
 
