@@ -3,6 +3,7 @@
 
 use std::process::{Command, Output};
 
+mod docs;
 mod read_models;
 
 fn chartledger(args: &[&str]) -> Output {

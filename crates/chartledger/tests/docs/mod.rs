@@ -1,0 +1,4 @@
+//! Documents checked against the code they describe, so that they cannot drift.
+
+mod error_codes;
+mod tokens;
