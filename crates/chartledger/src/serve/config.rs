@@ -89,3 +89,68 @@ impl Settings {
         self.key_file.clone().unwrap_or_else(|| self.data_dir.join("ledger.key"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example `chartledger.toml` of the README: the first `toml` block under
+    /// `## Configure`.
+    fn readme_example() -> String {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let (_, section) = readme.split_once("\n## Configure\n").expect("README has a Configure section");
+        let (_, block) = section.split_once("```toml\n").expect("Configure has a toml block");
+        let (block, _) = block.split_once("```").unwrap();
+        block.to_owned()
+    }
+
+    /// The settings a line sets or would set (`name = …` or `# name = …`), and tables.
+    fn named(line: &str) -> Option<&str> {
+        let line = line.strip_prefix("# ").unwrap_or(line).trim();
+        if let Some(table) = line.strip_prefix('[') {
+            return table.strip_suffix(']');
+        }
+        let (name, _) = line.split_once(" = ")?;
+        name.chars().all(|c| c.is_ascii_lowercase() || c == '_').then_some(name)
+    }
+
+    /// The field names in a `{:?}` of nested structs (`name: value` after `{ ` or `, `).
+    fn debug_fields(debug: &str) -> Vec<&str> {
+        debug
+            .split(['{', ','])
+            .filter_map(|part| part.strip_prefix(' ')?.split_once(": ").map(|(name, _)| name))
+            .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_example_is_the_defaults() {
+        let example: Settings = toml::from_str(&readme_example()).unwrap();
+        assert_eq!(format!("{example:#?}"), format!("{:#?}", Settings::default()));
+    }
+
+    #[test]
+    fn the_readme_example_names_every_setting() {
+        let block = readme_example();
+        let names: Vec<&str> = block.lines().filter_map(named).collect();
+        let default = format!("{:?}", Settings::default());
+        let fields = debug_fields(&default);
+        assert!(fields.len() > 20, "{fields:?}");
+        let missing: Vec<&&str> = fields.iter().filter(|f| !names.contains(f)).collect();
+        assert!(missing.is_empty(), "settings missing from the README's example: {missing:?}");
+        // A commented-out line is an optional setting whose default is none, and it
+        // must be a valid setting too.
+        let commented: Vec<&str> = block.lines().filter(|l| l.starts_with("# ")).filter_map(named).collect();
+        for name in &commented {
+            assert!(default.contains(&format!("{name}: None")), "{name} is commented out but has a default");
+        }
+        let uncommented: String = block
+            .lines()
+            .map(|l| if l.starts_with("# ") && named(l).is_some() { &l[2..] } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let all: Result<Settings, _> = toml::from_str(&uncommented);
+        assert!(all.is_ok(), "the example with every line uncommented: {all:?}");
+    }
+}
