@@ -222,10 +222,8 @@ impl AccessCollector {
 
 /// The request's context pieces.
 pub fn parts<'a>(ctx: &Context<'a>) -> ApiResult<(&'a AppState, &'a RequestCtx)> {
-    let state = ctx.data::<AppState>().map_err(|_| ApiError::Internal { code: "api.no_state" })?;
-    let req = ctx
-        .data::<std::sync::Arc<RequestCtx>>()
-        .map_err(|_| ApiError::Internal { code: "api.no_request" })?;
+    let state = ctx.data::<AppState>().map_err(|_| ApiError::unexpected("api.no_state"))?;
+    let req = ctx.data::<std::sync::Arc<RequestCtx>>().map_err(|_| ApiError::unexpected("api.no_request"))?;
     Ok((state, req.as_ref()))
 }
 

@@ -1,5 +1,13 @@
 //! API errors: a stable code and a generic message, never record content. The code goes
 //! to the client in the GraphQL error's `extensions.code`; the message is fixed per code.
+//!
+//! Logging follows one rule (ARCHITECTURE.md, cross-cutting concerns): an error is
+//! logged where it is handled, not where it is passed on. Converting a store, read-model
+//! or database error into [`ApiError::Internal`] keeps its PHI-free detail (codes,
+//! positions, SQLSTATE) and logs nothing; the error is logged once, by [`ApiError::report`],
+//! where it becomes the client's answer.
+
+use std::sync::Arc;
 
 use async_graphql::ErrorExtensions as _;
 use projections::RecordsError;
@@ -28,8 +36,11 @@ pub enum ApiError {
     },
     NotCaughtUp,
     AuditUnavailable,
+    /// A failure of ours. `detail` is what the operator's log gets (codes, positions,
+    /// SQLSTATE: never values); the client gets the code and a generic message.
     Internal {
         code: &'static str,
+        detail: Option<Arc<str>>,
     },
     /// An error async-graphql itself raised (bad cursor, limits), passed through.
     Graphql(async_graphql::Error),
@@ -48,7 +59,7 @@ impl ApiError {
             Self::ConsentRequired => "authz.consent_required",
             Self::BreakGlassRequired => "authz.break_glass_required",
             Self::NotFound => "not_found",
-            Self::InvalidInput { code } | Self::Refused { code } | Self::Internal { code } => code,
+            Self::InvalidInput { code } | Self::Refused { code } | Self::Internal { code, .. } => code,
             Self::NotCaughtUp => "projection.timeout",
             Self::AuditUnavailable => "audit.unavailable",
             Self::Graphql(_) => "graphql.error",
@@ -77,11 +88,33 @@ impl ApiError {
         }
     }
 
-    /// An internal failure: logged here (by code only), answered generically.
+    /// An internal failure caused by `err`, whose display is kept as the detail.
+    /// Only for errors whose display carries no PHI (the store's, the read models',
+    /// hashing's: codes and positions). Not logged here: see [`ApiError::report`].
     pub fn internal(code: &'static str, err: &dyn std::fmt::Display) -> Self {
-        // Errors from the store and the read models carry positions and codes, no PHI.
-        tracing::error!(code, error = %err, "internal error");
-        Self::Internal { code }
+        Self::Internal { code, detail: Some(err.to_string().into()) }
+    }
+
+    /// An internal failure with nothing more to say than its code.
+    pub const fn unexpected(code: &'static str) -> Self {
+        Self::Internal { code, detail: None }
+    }
+
+    /// What the operator's log gets of an internal failure (PHI-free), if anything.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Internal { detail, .. } => detail.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Log an internal failure: called once, where the error becomes an answer to the
+    /// client (a GraphQL error, an HTTP response, a refused WebSocket connection).
+    /// Errors the client caused are not logged (metrics count them by code).
+    pub fn report(&self) {
+        if let Self::Internal { code, detail } = self {
+            tracing::error!(code, detail = detail.as_deref().unwrap_or("-"), "internal error");
+        }
     }
 }
 
@@ -114,10 +147,10 @@ impl From<store::StoreError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        // A database error's detail can quote row values: log its SQLSTATE only.
+        // A database error's message can quote row values: keep its SQLSTATE only.
         let state = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
-        tracing::error!(code = "db.error", sqlstate = state.as_deref().unwrap_or("-"), "database error");
-        Self::Internal { code: "db.error" }
+        let detail = format!("database error, SQLSTATE {}", state.as_deref().unwrap_or("-"));
+        Self::Internal { code: "db.error", detail: Some(detail.into()) }
     }
 }
 
@@ -132,6 +165,7 @@ impl From<ApiError> for async_graphql::Error {
         if let ApiError::Graphql(inner) = e {
             return inner;
         }
+        e.report();
         let code = e.code();
         async_graphql::Error::new(e.message()).extend_with(|_, ext| ext.set("code", code))
     }

@@ -174,7 +174,7 @@ fn principal_from(row: &sqlx::postgres::PgRow) -> ApiResult<Principal> {
     Ok(Principal {
         user_id: row.try_get("user_id")?,
         session_id: row.try_get("session_id")?,
-        role: Role::parse(&role).ok_or(ApiError::Internal { code: "auth.corrupt_session" })?,
+        role: Role::parse(&role).ok_or(ApiError::unexpected("auth.corrupt_session"))?,
         patient_id: row.try_get("patient_id")?,
         mfa_verified: row.try_get("mfa_verified")?,
         must_change_password: row.try_get("must_change_password").unwrap_or(false),
@@ -414,7 +414,7 @@ impl Auth {
         }
         let username: String = row.try_get("username")?;
         let secret = totp::new_secret();
-        let out = totp::provisioning(&secret, &username).ok_or(ApiError::Internal { code: "auth.totp" })?;
+        let out = totp::provisioning(&secret, &username).ok_or(ApiError::unexpected("auth.totp"))?;
         sqlx::query("UPDATE auth_credentials SET totp_secret = $2 WHERE user_id = $1 AND NOT mfa_enrolled")
             .bind(p.user_id)
             .bind(secret)

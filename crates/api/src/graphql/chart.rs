@@ -38,7 +38,7 @@ impl EntryVersion {
             .entries
             .get(&self.entry_id)
             .and_then(|e| e.versions.get(self.index))
-            .ok_or(ApiError::Internal { code: "api.version_missing" })
+            .ok_or(ApiError::unexpected("api.version_missing"))
     }
 }
 
@@ -82,7 +82,7 @@ impl EntryVersion {
     async fn author_name(&self, ctx: &Context<'_>) -> ApiResult<Option<String>> {
         let loader = ctx
             .data::<async_graphql::dataloader::DataLoader<UserNames>>()
-            .map_err(|_| ApiError::Internal { code: "api.no_loader" })?;
+            .map_err(|_| ApiError::unexpected("api.no_loader"))?;
         loader.load_one(self.v()?.author.user_id).await
     }
 }

@@ -111,8 +111,7 @@ fn refused(e: domain::DomainError) -> &'static str {
 
 /// The grant as the read model has it now, with the position and replay flag of `w`.
 async fn answer(state: &AppState, grant_id: Uuid, w: &Written) -> ApiResult<RoleGrant> {
-    let row =
-        state.read.role_grant(grant_id).await?.ok_or(ApiError::Internal { code: "api.grant_missing" })?;
+    let row = state.read.role_grant(grant_id).await?.ok_or(ApiError::unexpected("api.grant_missing"))?;
     Ok(RoleGrant { position: w.position, replayed: w.replayed, ..row.into() })
 }
 
@@ -148,8 +147,7 @@ pub(super) async fn propose(ctx: &Context<'_>, p: &Principal, grant: DGrant) -> 
     let admin = grant.role == DRole::Administrator;
     let mut w = staff_event(state, p.actor(), grant_id, DomainEvent::RoleGrantProposed(grant)).await?;
     if admin && state.read.first_administrator_grant_open(grant_id).await? {
-        let row =
-            state.read.role_grant(grant_id).await?.ok_or(ApiError::Internal { code: "api.grant_missing" })?;
+        let row = state.read.role_grant(grant_id).await?.ok_or(ApiError::unexpected("api.grant_missing"))?;
         if row.state.status == DStatus::Pending && row.state.proposed_by == p.user_id {
             let approved = rules::approve(&row.state, p.user_id, Approval::FirstAdministrator)
                 .map_err(|e| ApiError::Refused { code: e.code() })?;

@@ -86,7 +86,11 @@ async fn run_server(settings: &Settings, db: &database::Database, demo: bool) ->
             true
         }
         Ok(None) => false,
-        Err(e) => anyhow::bail!("cannot create the bootstrap administrator [{}]", e.code()),
+        Err(e) => anyhow::bail!(
+            "cannot create the bootstrap administrator [{}]: {}",
+            e.code(),
+            e.detail().unwrap_or("-")
+        ),
     };
     if demo {
         if first_start {
@@ -134,7 +138,7 @@ async fn sweep(state: AppState) {
     loop {
         tick.tick().await;
         if let Err(e) = state.auth.sweep().await {
-            tracing::warn!(code = e.code(), "session sweep failed");
+            tracing::warn!(code = e.code(), detail = e.detail().unwrap_or("-"), "session sweep failed");
         }
     }
 }
