@@ -10,7 +10,7 @@
 
 use std::sync::LazyLock;
 
-use api::graphql::sanitize::Sanitized;
+use api::graphql::exec::sanitize::Sanitized;
 use async_graphql::{Executor, Request, Variables};
 use libfuzzer_sys::fuzz_target;
 use tokio::runtime::Runtime;

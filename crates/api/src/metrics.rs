@@ -13,7 +13,7 @@ pub struct Metrics {
     denied: IntCounterVec,
     access_events: IntCounterVec,
     pub projection_lag: IntGauge,
-    /// Entry lists reused or kept (`graphql/resolved.rs`).
+    /// Entry lists reused or kept (`graphql/exec/resolved.rs`).
     pub entry_lists: IntCounterVec,
     /// The event store writer's counters (`EventStore::writer_stats`), copied at each scrape.
     store_writer: IntGaugeVec,

@@ -834,7 +834,7 @@ async fn chart_history_point_in_time_and_read_your_writes() {
 }
 
 /// Entry lists of a current chart are resolved once per chart and selection and reused
-/// (`graphql/resolved.rs`): a reused list equals a fresh resolution, is never another
+/// (`graphql/exec/resolved.rs`): a reused list equals a fresh resolution, is never another
 /// patient's or another field's or alias's, a changed chart is read anew, an earlier
 /// version stays visible as of its time, and reuse never lets through a role the chart
 /// is refused to.

@@ -8,12 +8,9 @@ mod auth;
 mod care;
 mod chart;
 mod consents;
+pub mod exec;
 mod grants;
-pub mod guard;
-pub mod parsed;
 mod patients;
-mod resolved;
-pub mod sanitize;
 mod staff;
 pub mod types;
 mod updates;
@@ -30,6 +27,9 @@ use crate::access::{authorize, parts, wait_for};
 use crate::error::ApiResult;
 use crate::policy::Operation;
 use crate::AppState;
+
+use exec::resolved;
+use exec::{guard, sanitize};
 
 #[derive(MergedObject, Debug, Default)]
 pub struct QueryRoot(

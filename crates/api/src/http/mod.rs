@@ -34,7 +34,7 @@ use crate::access::RequestCtx;
 use crate::auth::ClientInfo;
 use crate::error::ApiError;
 use crate::graphql;
-use crate::graphql::sanitize::Sanitized;
+use crate::graphql::exec::sanitize::Sanitized;
 use crate::graphql::types::UserNames;
 use crate::AppState;
 

@@ -47,7 +47,7 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 use sha2::{Digest, Sha256};
 
-use super::chart::Entry;
+use crate::graphql::chart::Entry;
 use crate::metrics::Metrics;
 
 /// Estimated bytes of resolved lists kept, at most.
@@ -283,7 +283,7 @@ mod tests {
     /// must be classified before lists selecting it can be kept or refused.
     #[test]
     fn every_entry_field_is_classified() {
-        let sdl = super::super::sdl();
+        let sdl = crate::graphql::sdl();
         for (ty, pure) in [("Entry", PURE_ENTRY), ("EntryVersion", PURE_VERSION)] {
             let start = sdl.find(&format!("type {ty} {{")).expect("the type is in the SDL");
             let body = &sdl[start..start + sdl[start..].find('}').expect("closed")];

@@ -23,8 +23,8 @@ use futures::StreamExt;
 
 use super::guard::{self, Limits, Refusal};
 use super::parsed::ParsedQueries;
-use super::ApiSchema;
 use crate::error::ApiError;
+use crate::graphql::ApiSchema;
 
 /// The schema, answering requests and subscription messages with sanitized errors, and
 /// parsing each query text once ([`ParsedQueries`]). Serve this, never the bare schema.
@@ -156,7 +156,7 @@ mod tests {
     use super::*;
 
     fn sanitized() -> Sanitized {
-        Sanitized::new(super::super::schema(None), super::super::DEFAULT_LIMITS)
+        Sanitized::new(crate::graphql::schema(None), crate::graphql::DEFAULT_LIMITS)
     }
 
     #[tokio::test]
