@@ -38,6 +38,7 @@
 //! plus one join per table, and holds one snapshot open for that long.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use sqlx::{Connection, PgPool, Row};
 use store::AllFilter;
@@ -51,118 +52,57 @@ use crate::sqlmap::upos;
 struct Table {
     name: &'static str,
     key: &'static [&'static str],
-    columns: &'static [&'static str],
+    columns: Vec<&'static str>,
+}
+
+impl Table {
+    /// A table the chart fold writes, as its descriptor has it: every column not in the
+    /// key, in the table's order.
+    fn of<K, T>(t: &'static records::Table<K, T>) -> Self {
+        Self { name: t.name, key: t.key, columns: t.non_key().collect() }
+    }
 }
 
 /// Every table of a generation that the fold produces, in the order they are checked.
-const TABLES: &[Table] = &[
-    Table {
-        name: "patients",
-        key: &["patient_id"],
-        columns: &[
-            "registered",
-            "mrn",
-            "family",
-            "given",
-            "birth_date",
-            "sex",
-            "contact",
-            "registered_at",
-            "updated_at",
-            "demographics_version",
-            "merged_into",
-            "revision",
-            "position",
-            "anomalies",
-        ],
-    },
-    Table {
-        name: "entries",
-        key: &["patient_id", "entry_id"],
-        columns: &["kind", "status", "current_version", "effective_at", "recorded_at", "position"],
-    },
-    Table {
-        name: "entry_versions",
-        key: &["patient_id", "entry_id", "version"],
-        columns: &[
-            "change",
-            "amendment_id",
-            "reason",
-            "content",
-            "effective_at",
-            "author_id",
-            "author_role",
-            "recorded_at",
-            "event_id",
-            "position",
-        ],
-    },
-    Table {
-        name: "consents",
-        key: &["patient_id", "version"],
-        columns: &[
-            "consent_id",
-            "change",
-            "method",
-            "supersedes",
-            "withdrawn",
-            "granted",
-            "witness_id",
-            "effective_at",
-            "recorded_at",
-            "recorded_by",
-            "position",
-        ],
-    },
-    Table {
-        name: "care_team",
-        key: &["patient_id", "clinician_id"],
-        columns: &["care_role", "assigned_at", "assigned_by"],
-    },
-    Table {
-        name: "appointments",
-        key: &["patient_id", "appointment_id"],
-        columns: &["clinician_id", "visit_type", "start_at", "end_at", "status", "version", "updated_at"],
-    },
-    Table {
-        name: "access_log",
-        key: &["position"],
-        columns: &[
-            "event_id",
-            "patient_id",
-            "user_id",
-            "role",
-            "accessed_at",
-            "resources",
-            "action",
-            "purpose",
-            "break_glass_reason",
-            "client_addr",
-            "user_agent",
-            "session_id",
-            "case_ref",
-        ],
-    },
-    Table {
-        name: "users",
-        key: &["user_id"],
-        columns: &["username", "display_name", "roles", "patient_id", "active", "updated_at", "position"],
-    },
-    Table {
-        name: "role_grants",
-        key: &["grant_id"],
-        columns: &[
-            "user_id",
-            "role",
-            "status",
-            "proposed_by",
-            "proposed_at",
-            "decided_by",
-            "decided_at",
-            "position",
-        ],
-    },
-];
+static TABLES: LazyLock<[Table; 9]> = LazyLock::new(|| {
+    [
+        Table::of(&records::PATIENTS),
+        Table::of(&records::ENTRIES),
+        Table::of(&records::ENTRY_VERSIONS),
+        Table::of(&records::CONSENTS),
+        Table::of(&records::CARE_TEAM),
+        Table::of(&records::APPOINTMENTS),
+        Table::of(&records::ACCESS_LOG),
+        // The staff tables, written statement by statement (`crate::staff`).
+        Table {
+            name: "users",
+            key: &["user_id"],
+            columns: vec![
+                "username",
+                "display_name",
+                "roles",
+                "patient_id",
+                "active",
+                "updated_at",
+                "position",
+            ],
+        },
+        Table {
+            name: "role_grants",
+            key: &["grant_id"],
+            columns: vec![
+                "user_id",
+                "role",
+                "status",
+                "proposed_by",
+                "proposed_at",
+                "decided_by",
+                "decided_at",
+                "position",
+            ],
+        },
+    ]
+});
 
 /// The tables [`verify_read_models`] compares.
 pub fn checked_tables() -> impl Iterator<Item = &'static str> {
@@ -305,16 +245,16 @@ pub async fn verify_read_models_with(
     sqlx::raw_sql(&scratch).execute(&mut *tx).await?;
 
     report.skipped = fold(pool, &mut tx, position, opts).await?;
-    for t in TABLES {
+    for t in TABLES.iter() {
         sqlx::query(&format!("ANALYZE pg_temp.{}", t.name)).execute(&mut *tx).await?;
     }
-    for t in TABLES {
+    for t in TABLES.iter() {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.{}", t.name))
             .fetch_one(&mut *tx)
             .await?;
         report.rows.push((t.name, upos(n)));
     }
-    for t in TABLES {
+    for t in TABLES.iter() {
         if let Some(d) = first_difference(&mut tx, &schema, t).await? {
             report.first_difference = Some(d);
             break;
