@@ -16,8 +16,9 @@
 //! - [`staff`]: the staff directory and role grants (fold and queries).
 //! - [`verify`]: the read-model check: fold the ledger again and compare every table of
 //!   the active generation with the result, naming the first difference.
-//! - [`service`]: the command side: load a patient's stream, `decide`, append with the
-//!   expected revision (retrying on a race), idempotent on the client's event id.
+//! - [`write`]: the write side, here for now (see there why): load a patient's stream,
+//!   `decide`, append with the expected revision (retrying on a race), idempotent on the
+//!   client's event id.
 
 mod backed;
 mod copy;
@@ -28,13 +29,13 @@ pub mod probe;
 pub mod queries;
 pub mod records;
 pub mod runner;
-pub mod service;
 pub mod snapshot;
 mod sqlmap;
 pub mod staff;
 pub mod verify;
+pub mod write;
 
 pub use error::ProjectionError;
 pub use queries::ReadModels;
 pub use runner::{Projections, RunnerConfig};
-pub use service::{Executed, Records, RecordsError};
+pub use write::{service, Executed, Records, RecordsError};
