@@ -49,6 +49,14 @@ pub enum StoreError {
     /// the same append with the same event ids is safe.
     #[error("commit outcome unknown; retry with the same event ids")]
     OutcomeUnknown,
+    /// The operating system's random number generator failed (payload salts are drawn
+    /// from it); nothing was written.
+    #[error("the operating system's random number generator failed")]
+    RngUnavailable,
+    /// A task of the store (signing a streamed batch, reading rows to verify) panicked,
+    /// was cancelled or stopped before its end; nothing was written.
+    #[error("a task of the event store failed")]
+    TaskFailed,
 }
 
 impl StoreError {
@@ -68,6 +76,8 @@ impl StoreError {
             Self::SigningKeyNotRegistered => "store.signing_key_not_registered",
             Self::Closed => "store.closed",
             Self::OutcomeUnknown => "store.outcome_unknown",
+            Self::RngUnavailable => "store.rng_unavailable",
+            Self::TaskFailed => "store.task_failed",
         }
     }
 }

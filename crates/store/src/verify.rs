@@ -265,7 +265,7 @@ pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<Verify
     // The next chunk is fetched by another task while this one is verified on all cores.
     let mut prefetch = tokio::spawn(fetch_chunk(pool.clone(), expected, chunk));
     'chunks: loop {
-        let rows = prefetch.await.map_err(|_| StoreError::Closed)??;
+        let rows = prefetch.await.map_err(|_| StoreError::TaskFailed)??;
         if rows.is_empty() {
             break;
         }

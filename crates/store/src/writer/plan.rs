@@ -21,7 +21,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::commit::fail_all;
-use super::recovery::{connect_session, is_connection_error};
+use super::recovery::{connect_session, is_broken_connection};
 use super::sign::{sign_drafts, SIGN_INLINE_EVENTS};
 use super::{AppendRequest, Draft, NewRow, Plan, Planner, Prepared};
 use crate::error::StoreError;
@@ -66,7 +66,7 @@ impl Planner {
                 Ok((plans, drafts)) => return Some((batch, plans, drafts)),
                 Err(e) => {
                     self.lookup = None;
-                    let broken = matches!(&e, StoreError::Database(d) if is_connection_error(d));
+                    let broken = is_broken_connection(&e);
                     last_error = Some(e);
                     if !broken {
                         break;
@@ -75,7 +75,7 @@ impl Planner {
             }
         }
         if let Some(e) = last_error {
-            tracing::warn!(error = %e, "append planning failed");
+            tracing::warn!(error = %e, code = e.code(), "append planning failed");
         }
         fail_all(batch);
         None
@@ -131,7 +131,7 @@ impl Planner {
         // Payload salts: a ChaCha20 stream seeded from the OS for each batch (one system
         // call per batch instead of one per event; salts stay unpredictable).
         let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_rng(rand_core::OsRng)
-            .map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
+            .map_err(|_| StoreError::RngUnavailable)?;
         Ok(self.position(batch, &existing, &mut rng))
     }
 

@@ -79,14 +79,19 @@ pub(crate) async fn load_state(conn: &mut PgConnection) -> Result<LedgerState, S
     Ok(LedgerState { head, frontier, last_micros })
 }
 
+/// Did the database connection fail (rather than a statement, or the store itself)? Only
+/// database errors are: the store's own failures (a task, the random number generator)
+/// say nothing about the connection.
+pub(super) fn is_broken_connection(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(d) if is_connection_error(d))
+}
+
 /// Did the connection itself fail (rather than the statement)? I/O and protocol errors,
 /// and the server's own: connection exceptions (SQLSTATE class 08) and operator
 /// intervention such as `pg_terminate_backend` or a shutdown (57P01-57P03).
-pub(super) fn is_connection_error(e: &sqlx::Error) -> bool {
+fn is_connection_error(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
-            true
-        }
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
     }
@@ -231,6 +236,16 @@ mod tests {
         }
         assert!(!is_connection_error(&sqlx::Error::RowNotFound));
         assert!(!is_connection_error(&sqlx::Error::PoolTimedOut));
+        assert!(!is_connection_error(&sqlx::Error::WorkerCrashed), "not produced by the PostgreSQL driver");
+    }
+
+    #[test]
+    fn the_stores_own_failures_are_not_connection_errors() {
+        assert!(!is_broken_connection(&StoreError::RngUnavailable));
+        assert!(!is_broken_connection(&StoreError::TaskFailed));
+        assert!(!is_broken_connection(&StoreError::Closed));
+        assert!(is_broken_connection(&StoreError::Database(db_error("57P01", None))));
+        assert!(!is_broken_connection(&StoreError::Database(db_error("23505", None))));
     }
 
     #[test]

@@ -88,10 +88,10 @@ impl Writer {
                 chunk_count += 1;
                 rows.extend(signed);
             }
-            let frontier = signer.await.map_err(|_| StoreError::Database(sqlx::Error::WorkerCrashed))?;
+            let frontier = signer.await.map_err(|_| StoreError::TaskFailed)?;
             if rows.last().map(|r| r.position + 1) != Some(head) {
                 // The signer stopped early without an error: nothing may commit.
-                return Err(StoreError::Database(sqlx::Error::WorkerCrashed));
+                return Err(StoreError::TaskFailed);
             }
             commit_sent = true;
             tx.commit().await?;
@@ -119,7 +119,7 @@ impl Writer {
                 // next used). Keep the connection, and the ledger lock, if it still
                 // answers, and reload the state from it in case the failure showed that it
                 // differs from the database (the state never moved past this batch).
-                tracing::warn!(error = %e, events = head - self.planner.state.head, "streamed batch failed before commit");
+                tracing::warn!(error = %e, code = e.code(), events = head - self.planner.state.head, "streamed batch failed before commit");
                 let alive = match self.conn.as_mut() {
                     Some(c) => sqlx::query("SELECT 1").execute(c).await.is_ok(),
                     None => false,
