@@ -22,6 +22,7 @@ use sqlx::{PgPool, Row};
 
 use crate::error::StoreError;
 use crate::nodes::fetch_nodes;
+use crate::types::StoredCheckpoint;
 
 /// What went wrong at a position.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,171 +180,259 @@ struct RowData {
 /// Per-row result of the parallel checks.
 type Checked = Result<(SignedEvent, Hash), FailureKind>;
 
-/// Verify the whole ledger (or from a trusted checkpoint).
+/// Verify the whole ledger (or from a trusted checkpoint), in four steps: the key
+/// registry, the checkpoints, the starting point, then every event in order.
 pub async fn verify_ledger(pool: &PgPool, opts: &VerifyOptions) -> Result<VerifyReport, StoreError> {
-    let mut report = VerifyReport::default();
-    let mut failures: Vec<Failure> = Vec::new();
-
-    // 1. The key registry, folded and verified on its own.
-    let (registry, keys_heads, registry_failure) = fold_registry(pool).await?;
-    if let Some(f) = registry_failure {
-        failures.push(f);
+    let mut found = Findings::default();
+    let mut keys = Keys::load(pool, opts, &mut found).await?;
+    let checkpoints = check_checkpoints(pool, &mut keys, &mut found).await?;
+    if !keys.trust_established {
+        found.fail(0, FailureKind::UntrustedKeys);
     }
-    let trusted = |pk: &VerifyingKey| opts.trusted_keys.iter().any(|t| t.as_bytes() == pk.as_bytes());
-    let mut trust_established =
-        opts.trusted_keys.is_empty() || registry.anchor().is_some_and(|a| trusted(&a.public_key));
-    let verifiers: Vec<NoteVerifier> =
-        registry.keys().filter_map(|k| NoteVerifier::new(&k.name, k.public_key).ok()).collect();
-    let trusted_verifiers: Vec<NoteVerifier> = registry
-        .keys()
-        .filter(|k| trusted(&k.public_key))
-        .filter_map(|k| NoteVerifier::new(&k.name, k.public_key).ok())
-        .collect();
-
-    // 2. Checkpoints: signature, and the root they claim.
-    let mut checkpoints: BTreeMap<u64, Hash> = BTreeMap::new();
-    for cp in crate::checkpointer::all(pool).await? {
-        report.checkpoints_checked += 1;
-        match Checkpoint::open(cp.note.as_bytes(), &verifiers) {
-            Ok((c, _)) if c.size == cp.tree_size && c.root_hash == cp.root_hash => {
-                checkpoints.insert(cp.tree_size, cp.root_hash);
-                // The registry head it names (if any) must be the last `$keys` event below it.
-                let actual =
-                    keys_heads.iter().rev().find(|(pos, _, _)| *pos < c.size).map(|(_, r, h)| (*r, *h));
-                match c.keys_head() {
-                    Ok(None) => {}
-                    Ok(Some(named)) if Some(named) == actual => {}
-                    _ => failures.push(Failure {
-                        position: cp.tree_size.saturating_sub(1),
-                        kind: FailureKind::CheckpointKeysHead { tree_size: cp.tree_size },
-                    }),
-                }
-                if !trust_established && Checkpoint::open(cp.note.as_bytes(), &trusted_verifiers).is_ok() {
-                    trust_established = true;
-                }
-            }
-            _ => failures.push(Failure {
-                position: cp.tree_size.saturating_sub(1),
-                kind: FailureKind::CheckpointSignature { tree_size: cp.tree_size },
-            }),
-        }
-    }
-    report.latest_checkpoint = checkpoints.keys().next_back().copied();
-    if !trust_established {
-        failures.push(Failure { position: 0, kind: FailureKind::UntrustedKeys });
-    }
-
-    // 3. Starting point.
     let start = opts.from_checkpoint.unwrap_or(0);
-    report.from = start;
-    let mut frontier = if start == 0 {
-        Frontier::new()
-    } else {
-        let Some(root) = checkpoints.get(&start).copied() else {
-            return Err(StoreError::BeyondHead(start));
-        };
-        let ids = Frontier::node_ids(start);
-        let found = fetch_nodes(pool, &ids).await?;
-        let parts: Option<Vec<Hash>> = ids.iter().map(|i| found.get(i).copied()).collect();
-        match parts.and_then(|p| Frontier::from_parts(start, p).ok()) {
-            Some(f) if f.root() == root => f,
-            _ => {
-                failures.push(Failure {
-                    position: start.saturating_sub(1),
-                    kind: FailureKind::CheckpointRootMismatch { tree_size: start },
-                });
-                return Ok(finish(report, failures));
-            }
-        }
+    found.report.from = start;
+    let Some(frontier) = starting_frontier(pool, start, &checkpoints, &mut found).await? else {
+        return Ok(found.finish());
     };
-    let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
-    let mut last_time = i64::MIN;
-
-    // 4. Every event, in chunks.
-    let chunk = opts.chunk.unwrap_or(8192).max(1);
-    let mut expected = start;
-    // The next chunk is fetched by another task while this one is verified on all cores.
-    let mut prefetch = tokio::spawn(fetch_chunk(pool.clone(), expected, chunk));
-    'chunks: loop {
-        let rows = prefetch.await.map_err(|_| StoreError::TaskFailed)??;
-        if rows.is_empty() {
-            break;
-        }
-        let next_from = rows.last().map_or(expected, |r| r.position + 1);
-        prefetch = tokio::spawn(fetch_chunk(pool.clone(), next_from, chunk));
-        let reg = &registry;
-        let checked: Vec<Checked> = crate::cpu_bound(|| rows.par_iter().map(|r| check_row(r, reg)).collect());
-        for (row, result) in rows.iter().zip(checked) {
-            let fail = |kind| Failure { position: expected, kind };
-            if row.position != expected {
-                failures.push(fail(FailureKind::MissingEvent));
-                break 'chunks;
-            }
-            let (event, leaf) = match result {
-                Ok(v) => v,
-                Err(kind) => {
-                    failures.push(fail(kind));
-                    break 'chunks;
-                }
-            };
-            // Stream hash link.
-            let prev = match heads.get(event.stream_id().as_str()) {
-                Some(h) => Some(*h),
-                None if event.stream_revision() > 0 && start > 0 => predecessor(pool, &event, start).await?,
-                None => None,
-            };
-            let linked = match prev {
-                None => event.stream_revision() == 0 && event.body().prev_hash == GENESIS_PREV_HASH,
-                Some((rev, hash)) => rev + 1 == event.stream_revision() && hash == event.body().prev_hash,
-            };
-            if !linked {
-                failures.push(fail(FailureKind::BrokenHashLink));
-                break 'chunks;
-            }
-            heads.insert(event.stream_id().as_str().to_owned(), (event.stream_revision(), *event.hash()));
-            if event.recorded_at().as_micros() < last_time {
-                failures.push(fail(FailureKind::TimeOrder));
-                break 'chunks;
-            }
-            last_time = event.recorded_at().as_micros();
-            // Merkle: recompute the nodes this leaf completes and compare with the stored ones.
-            let Ok(nodes) = frontier.append(leaf) else {
-                failures.push(fail(FailureKind::MerkleNodeMismatch));
-                break 'chunks;
-            };
-            let computed: Vec<u8> =
-                nodes.iter().filter(|(id, _)| id.level > 0).flat_map(|(_, h)| *h).collect();
-            if computed != row.merkle_nodes {
-                failures.push(fail(FailureKind::MerkleNodeMismatch));
-                break 'chunks;
-            }
-            expected += 1;
-            report.events_checked += 1;
-            if let Some(root) = checkpoints.get(&expected) {
-                if *root != frontier.root() {
-                    failures.push(Failure {
-                        position: expected - 1,
-                        kind: FailureKind::CheckpointRootMismatch { tree_size: expected },
-                    });
-                    break 'chunks;
-                }
-            }
-        }
+    let mut walk = Walk {
+        pool,
+        start,
+        expected: start,
+        frontier,
+        heads: HashMap::new(),
+        last_time: i64::MIN,
+        checkpoints: &checkpoints,
+    };
+    if let Some(f) = walk.all_events(&keys.registry, opts.chunk.unwrap_or(8192).max(1)).await? {
+        found.failures.push(f);
     }
-    report.head = expected;
+    let expected = walk.expected;
+    found.report.events_checked = expected - start;
+    found.report.head = expected;
     // A checkpoint beyond the last row means rows were removed from the end.
-    if let Some((&size, _)) = checkpoints.range(expected + 1..).next() {
-        if failures.iter().all(|f| f.position >= expected) {
-            let _ = size;
-            failures.push(Failure { position: expected, kind: FailureKind::MissingEvent });
-        }
+    if checkpoints.range(expected + 1..).next().is_some()
+        && found.failures.iter().all(|f| f.position >= expected)
+    {
+        found.fail(expected, FailureKind::MissingEvent);
     }
-    Ok(finish(report, failures))
+    Ok(found.finish())
 }
 
-fn finish(mut report: VerifyReport, failures: Vec<Failure>) -> VerifyReport {
-    report.first_failure = failures.into_iter().min_by_key(|f| f.position);
-    report
+/// The report so far, and every failure found (the first by position is reported).
+#[derive(Default)]
+struct Findings {
+    report: VerifyReport,
+    failures: Vec<Failure>,
+}
+
+impl Findings {
+    fn fail(&mut self, position: u64, kind: FailureKind) {
+        self.failures.push(Failure { position, kind });
+    }
+
+    fn finish(mut self) -> VerifyReport {
+        self.report.first_failure = self.failures.into_iter().min_by_key(|f| f.position);
+        self.report
+    }
+}
+
+/// Step 1: the key registry, folded and verified on its own, and the checkpoint
+/// verifiers of its keys.
+struct Keys {
+    registry: KeyRegistry,
+    /// `$keys` events' (position, revision, event hash), in order, as far as they applied.
+    heads: KeysHeads,
+    /// Every registered key's.
+    verifiers: Vec<NoteVerifier>,
+    /// The registered keys the caller trusts.
+    trusted_verifiers: Vec<NoteVerifier>,
+    /// A trusted key vouches for the ledger (always, when the caller names none).
+    trust_established: bool,
+}
+
+impl Keys {
+    async fn load(pool: &PgPool, opts: &VerifyOptions, found: &mut Findings) -> Result<Self, StoreError> {
+        let (registry, heads, registry_failure) = fold_registry(pool).await?;
+        if let Some(f) = registry_failure {
+            found.failures.push(f);
+        }
+        let trusted = |pk: &VerifyingKey| opts.trusted_keys.iter().any(|t| t.as_bytes() == pk.as_bytes());
+        let trust_established =
+            opts.trusted_keys.is_empty() || registry.anchor().is_some_and(|a| trusted(&a.public_key));
+        let verifiers: Vec<NoteVerifier> =
+            registry.keys().filter_map(|k| NoteVerifier::new(&k.name, k.public_key).ok()).collect();
+        let trusted_verifiers: Vec<NoteVerifier> = registry
+            .keys()
+            .filter(|k| trusted(&k.public_key))
+            .filter_map(|k| NoteVerifier::new(&k.name, k.public_key).ok())
+            .collect();
+        Ok(Self { registry, heads, verifiers, trusted_verifiers, trust_established })
+    }
+}
+
+/// Step 2: checkpoints, their signature and the root they claim. Answers the roots of
+/// those whose signature holds, by tree size.
+async fn check_checkpoints(
+    pool: &PgPool,
+    keys: &mut Keys,
+    found: &mut Findings,
+) -> Result<BTreeMap<u64, Hash>, StoreError> {
+    let mut checkpoints: BTreeMap<u64, Hash> = BTreeMap::new();
+    for cp in crate::checkpointer::all(pool).await? {
+        found.report.checkpoints_checked += 1;
+        if let Some(root) = check_checkpoint(&cp, keys, found) {
+            checkpoints.insert(cp.tree_size, root);
+        }
+    }
+    found.report.latest_checkpoint = checkpoints.keys().next_back().copied();
+    Ok(checkpoints)
+}
+
+/// One checkpoint: signed by a registered key, for the size and root stored with it,
+/// naming the right registry head; a trusted signer establishes trust. Answers its root
+/// when its signature holds.
+fn check_checkpoint(cp: &StoredCheckpoint, keys: &mut Keys, found: &mut Findings) -> Option<Hash> {
+    let position = cp.tree_size.saturating_sub(1);
+    let c = match Checkpoint::open(cp.note.as_bytes(), &keys.verifiers) {
+        Ok((c, _)) if c.size == cp.tree_size && c.root_hash == cp.root_hash => c,
+        _ => {
+            found.fail(position, FailureKind::CheckpointSignature { tree_size: cp.tree_size });
+            return None;
+        }
+    };
+    // The registry head it names (if any) must be the last `$keys` event below it.
+    let actual = keys.heads.iter().rev().find(|(pos, _, _)| *pos < c.size).map(|(_, r, h)| (*r, *h));
+    match c.keys_head() {
+        Ok(None) => {}
+        Ok(Some(named)) if Some(named) == actual => {}
+        _ => found.fail(position, FailureKind::CheckpointKeysHead { tree_size: cp.tree_size }),
+    }
+    if !keys.trust_established && Checkpoint::open(cp.note.as_bytes(), &keys.trusted_verifiers).is_ok() {
+        keys.trust_established = true;
+    }
+    Some(cp.root_hash)
+}
+
+/// Step 3: the starting point. From 0, an empty tree; from a checkpoint, the stored
+/// frontier at its size, which must have its root (None: it does not, a failure).
+async fn starting_frontier(
+    pool: &PgPool,
+    start: u64,
+    checkpoints: &BTreeMap<u64, Hash>,
+    found: &mut Findings,
+) -> Result<Option<Frontier>, StoreError> {
+    if start == 0 {
+        return Ok(Some(Frontier::new()));
+    }
+    let Some(root) = checkpoints.get(&start).copied() else {
+        return Err(StoreError::BeyondHead(start));
+    };
+    let ids = Frontier::node_ids(start);
+    let stored = fetch_nodes(pool, &ids).await?;
+    let parts: Option<Vec<Hash>> = ids.iter().map(|i| stored.get(i).copied()).collect();
+    match parts.and_then(|p| Frontier::from_parts(start, p).ok()) {
+        Some(f) if f.root() == root => Ok(Some(f)),
+        _ => {
+            found.fail(start.saturating_sub(1), FailureKind::CheckpointRootMismatch { tree_size: start });
+            Ok(None)
+        }
+    }
+}
+
+/// Step 4: every event, in chunks, with the order-dependent checks: gaplessness, stream
+/// links, recorded-time order, Merkle nodes and checkpoint roots.
+struct Walk<'a> {
+    pool: &'a PgPool,
+    /// Where verification started.
+    start: u64,
+    /// The next position expected.
+    expected: u64,
+    frontier: Frontier,
+    /// Each stream's last revision and hash seen.
+    heads: HashMap<String, (u64, Hash)>,
+    last_time: i64,
+    checkpoints: &'a BTreeMap<u64, Hash>,
+}
+
+impl Walk<'_> {
+    /// Check every event from `expected` on, `chunk` rows at a time; the first failure.
+    async fn all_events(
+        &mut self,
+        registry: &KeyRegistry,
+        chunk: usize,
+    ) -> Result<Option<Failure>, StoreError> {
+        // The next chunk is fetched by another task while this one is verified on all cores.
+        let mut prefetch = tokio::spawn(fetch_chunk(self.pool.clone(), self.expected, chunk));
+        loop {
+            let rows = prefetch.await.map_err(|_| StoreError::TaskFailed)??;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let next_from = rows.last().map_or(self.expected, |r| r.position + 1);
+            prefetch = tokio::spawn(fetch_chunk(self.pool.clone(), next_from, chunk));
+            let checked: Vec<Checked> =
+                crate::cpu_bound(|| rows.par_iter().map(|r| check_row(r, registry)).collect());
+            for (row, result) in rows.iter().zip(checked) {
+                if let Some(kind) = self.next_event(row, result).await? {
+                    return Ok(Some(kind));
+                }
+            }
+        }
+    }
+
+    /// The order-dependent checks of one row, after its own (`checked`); the failure, if any.
+    async fn next_event(&mut self, row: &RowData, checked: Checked) -> Result<Option<Failure>, StoreError> {
+        let position = self.expected;
+        let fail = |kind| Ok(Some(Failure { position, kind }));
+        if row.position != position {
+            return fail(FailureKind::MissingEvent);
+        }
+        let (event, leaf) = match checked {
+            Ok(v) => v,
+            Err(kind) => return fail(kind),
+        };
+        if !self.linked(&event).await? {
+            return fail(FailureKind::BrokenHashLink);
+        }
+        self.heads.insert(event.stream_id().as_str().to_owned(), (event.stream_revision(), *event.hash()));
+        if event.recorded_at().as_micros() < self.last_time {
+            return fail(FailureKind::TimeOrder);
+        }
+        self.last_time = event.recorded_at().as_micros();
+        if !self.merkle_nodes_match(leaf, &row.merkle_nodes) {
+            return fail(FailureKind::MerkleNodeMismatch);
+        }
+        self.expected += 1;
+        match self.checkpoints.get(&self.expected) {
+            Some(root) if *root != self.frontier.root() => Ok(Some(Failure {
+                position,
+                kind: FailureKind::CheckpointRootMismatch { tree_size: self.expected },
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Does `event` link to the previous event of its stream (or start it)?
+    async fn linked(&self, event: &SignedEvent) -> Result<bool, StoreError> {
+        let prev = match self.heads.get(event.stream_id().as_str()) {
+            Some(h) => Some(*h),
+            None if event.stream_revision() > 0 && self.start > 0 => {
+                predecessor(self.pool, event, self.start).await?
+            }
+            None => None,
+        };
+        Ok(match prev {
+            None => event.stream_revision() == 0 && event.body().prev_hash == GENESIS_PREV_HASH,
+            Some((rev, hash)) => rev + 1 == event.stream_revision() && hash == event.body().prev_hash,
+        })
+    }
+
+    /// Append `leaf` to the tree: are the nodes it completes the ones stored with it?
+    fn merkle_nodes_match(&mut self, leaf: Hash, stored: &[u8]) -> bool {
+        let Ok(nodes) = self.frontier.append(leaf) else { return false };
+        let computed: Vec<u8> = nodes.iter().filter(|(id, _)| id.level > 0).flat_map(|(_, h)| *h).collect();
+        computed == stored
+    }
 }
 
 /// Decode, compare columns, hash, open the payload and verify the signature of one row.
