@@ -29,13 +29,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use domain::chart::Chart;
-use domain::commands::decide;
 use domain::events::{DomainEvent, Role};
-use domain::sim::{Sim, Step};
-use domain::{streams, Recorded};
+use domain::sim::{decide_and_apply, Sim, Step};
+use domain::streams;
 use ed25519_dalek::SigningKey;
-use ledger::{Actor, LedgerSigningKey, StreamId, Timestamp};
+use ledger::{Actor, LedgerSigningKey, StreamId};
 use projections::pit::chart_as_of;
 use projections::{Projections, RunnerConfig};
 use store::{AllFilter, EventStore, ExpectedRevision, ProposedEvent, StoreConfig};
@@ -60,20 +58,6 @@ fn proposed(event: &DomainEvent, role: Role, user: Uuid) -> ProposedEvent {
         actor: Actor { user_id: user, role: role.role_name() },
         payload: event.to_payload(),
     }
-}
-
-/// Keeps the simulator's charts current without a database.
-fn apply_local(chart: &mut Chart, event: &DomainEvent, at: Timestamp) {
-    let revision = chart.revision.map_or(0, |r| r + 1);
-    chart.apply(&Recorded {
-        position: 0,
-        stream: streams::patient(chart.patient_id),
-        stream_revision: revision,
-        event_id: Uuid::nil(),
-        recorded_at: at,
-        actor: Actor::system(),
-        event: event.clone(),
-    });
 }
 
 async fn append_all(store: &EventStore, batch: HashMap<StreamId, Vec<ProposedEvent>>) {
@@ -109,11 +93,12 @@ async fn populate(store: &EventStore, events: usize, patients: usize) -> (usize,
     let mut batch: HashMap<StreamId, Vec<ProposedEvent>> = HashMap::new();
     let t = now();
     for _ in 0..patients {
-        let (id, cmd) = sim.register();
-        let mut chart = Chart::new(id);
-        let event = decide(&chart, cmd, t).unwrap();
-        apply_local(&mut chart, &event, t);
-        batch.entry(streams::patient(id)).or_default().push(proposed(&event, Role::Receptionist, user));
+        let (chart, _, event) = sim.new_patient(t).unwrap();
+        batch.entry(streams::patient(chart.patient_id)).or_default().push(proposed(
+            &event,
+            Role::Receptionist,
+            user,
+        ));
         charts.push(chart);
         written += 1;
     }
@@ -124,8 +109,7 @@ async fn populate(store: &EventStore, events: usize, patients: usize) -> (usize,
             let chart = &mut charts[i];
             match sim.step(chart, t) {
                 Step::Command { command, author_role, patient_id } => {
-                    let event = decide(chart, command, t).unwrap();
-                    apply_local(chart, &event, t);
+                    let event = decide_and_apply(chart, command, t).unwrap();
                     batch.entry(streams::patient(patient_id)).or_default().push(proposed(
                         &event,
                         author_role,
@@ -156,18 +140,11 @@ async fn big_patient(store: &EventStore, n: usize, seed: u64) -> Uuid {
     sim.access_percent = 0;
     let user = Uuid::now_v7();
     let t = now();
-    let (id, cmd) = sim.register();
-    let mut chart = Chart::new(id);
-    let event = decide(&chart, cmd, t).unwrap();
-    apply_local(&mut chart, &event, t);
+    let (mut chart, _, event) = sim.new_patient(t).unwrap();
+    let id = chart.patient_id;
     let mut events = vec![proposed(&event, Role::Receptionist, user)];
-    while events.len() < n {
-        if let Step::Command { command, author_role, .. } = sim.step(&chart, t) {
-            let event = decide(&chart, command, t).unwrap();
-            apply_local(&mut chart, &event, t);
-            events.push(proposed(&event, author_role, user));
-        }
-    }
+    let history = sim.history(&mut chart, t, |_, written| written + 1 < n).unwrap();
+    events.extend(history.iter().map(|(role, _, event)| proposed(event, *role, user)));
     let stream = streams::patient(id);
     for chunk in events.chunks(1000) {
         store.append(&stream, ExpectedRevision::Any, chunk.to_vec()).await.unwrap();

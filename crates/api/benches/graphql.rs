@@ -65,17 +65,15 @@ use api::access::RequestCtx;
 use api::auth::ClientInfo;
 use api::{ApiConfig, AppState};
 use axum::body::Bytes;
-use domain::chart::Chart;
-use domain::commands::{decide, Command};
-use domain::events::{AccessAction, CareRole, DomainEvent, PurposeOfUse, RecordAccessed, ResourceKind, Role};
-use domain::sim::{Sim, Step};
-use domain::{streams, Recorded};
+use domain::commands::Command;
+use domain::events::{AccessAction, CareRole, PurposeOfUse, RecordAccessed, ResourceKind, Role};
+use domain::sim::{decide_and_apply, Sim};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper_util::rt::TokioIo;
-use ledger::{Actor, LedgerSigningKey, Timestamp};
+use ledger::{Actor, LedgerSigningKey};
 use projections::{Projections, RunnerConfig};
 use serde_json::{json, Value};
 use store::{EventStore, StoreConfig};
@@ -437,20 +435,6 @@ impl Conn {
 
 use store::now;
 
-/// Keeps the simulator's chart current without a database.
-fn apply_local(chart: &mut Chart, event: &DomainEvent, at: Timestamp) {
-    let revision = chart.revision.map_or(0, |r| r + 1);
-    chart.apply(&Recorded {
-        position: 0,
-        stream: streams::patient(chart.patient_id),
-        stream_revision: revision,
-        event_id: Uuid::nil(),
-        recorded_at: at,
-        actor: Actor::system(),
-        event: event.clone(),
-    });
-}
-
 /// The commands of one patient: registration, realistic clinical history until `entries`
 /// entries exist, and the care-team assignments. Returns (patient, commands with roles).
 fn patient_commands(
@@ -460,27 +444,19 @@ fn patient_commands(
     group: usize,
 ) -> (Uuid, Vec<(Role, Command)>) {
     let t = now();
-    let (id, cmd) = sim.register();
-    let mut chart = Chart::new(id);
-    let event = decide(&chart, cmd.clone(), t).unwrap();
-    apply_local(&mut chart, &event, t);
+    let (mut chart, cmd, _) = sim.new_patient(t).unwrap();
+    let id = chart.patient_id;
     let mut out = vec![(Role::Receptionist, cmd)];
     for (c, doc) in physicians.iter().enumerate() {
         if c % GROUPS == group {
             let cmd = Command::AssignCareTeamMember { clinician_id: *doc, care_role: CareRole::Attending };
-            let event = decide(&chart, cmd.clone(), t).unwrap();
-            apply_local(&mut chart, &event, t);
+            decide_and_apply(&mut chart, cmd.clone(), t).unwrap();
             out.push((Role::Administrator, cmd));
         }
     }
-    while chart.entries.len() < entries {
-        if let Step::Command { command, author_role, .. } = sim.step(&chart, t) {
-            // The simulator may remove its own clinicians, never ours.
-            let event = decide(&chart, command.clone(), t).unwrap();
-            apply_local(&mut chart, &event, t);
-            out.push((author_role, command));
-        }
-    }
+    // The simulator may remove its own clinicians, never ours.
+    let history = sim.history(&mut chart, t, |c, _| c.entries.len() < entries).unwrap();
+    out.extend(history.into_iter().map(|(role, command, _)| (role, command)));
     (id, out)
 }
 

@@ -3,7 +3,9 @@
 //! consents, care-team changes, appointments and (many) record accesses.
 //!
 //! Every command it emits is valid against the chart it was given, so `decide` accepts
-//! it; a caller keeps the charts up to date by applying the resulting events.
+//! it; a caller keeps the charts up to date by applying the resulting events
+//! ([`decide_and_apply`], [`Sim::new_patient`], [`Sim::history`]: what the benchmarks
+//! of every crate seed their ledgers with).
 
 use std::collections::BTreeSet;
 
@@ -12,8 +14,9 @@ use uuid::Uuid;
 
 use crate::chart::{AppointmentStatus, Chart, EntryStatus};
 use crate::codes::{CodeSystem, Coding, Decimal, Quantity, ReferenceRange};
-use crate::commands::Command;
+use crate::commands::{decide, Command};
 use crate::events::*;
+use crate::{streams, DomainError, Recorded};
 
 /// SplitMix64: tiny, seedable and good enough for test data (not for secrets).
 #[derive(Clone, Debug)]
@@ -79,6 +82,35 @@ pub enum Step {
     Access { event: RecordAccessed, role: Role },
 }
 
+/// Fold `event` into `chart` as its stream's next event, recorded at `at` (no
+/// database: the simulator's charts stay current in memory).
+pub fn apply(chart: &mut Chart, event: &DomainEvent, at: Timestamp) {
+    let revision = chart.revision.map_or(0, |r| r + 1);
+    chart.apply(&Recorded {
+        position: revision,
+        stream: streams::patient(chart.patient_id),
+        stream_revision: revision,
+        event_id: Uuid::nil(),
+        recorded_at: at,
+        actor: ledger::Actor::system(),
+        event: event.clone(),
+    });
+}
+
+/// [`decide`] `command` against `chart` at `at`, then [`apply`] the event it gives.
+pub fn decide_and_apply(
+    chart: &mut Chart,
+    command: Command,
+    at: Timestamp,
+) -> Result<DomainEvent, DomainError> {
+    let event = decide(chart, command, at)?;
+    apply(chart, &event, at);
+    Ok(event)
+}
+
+/// One clinical step of [`Sim::history`]: who wrote it, the command and its event.
+pub type Written = (Role, Command, DomainEvent);
+
 /// The generator. `access_percent` sets the share of steps that are record accesses.
 #[derive(Clone, Debug)]
 pub struct Sim {
@@ -118,6 +150,32 @@ impl Sim {
             contact,
         });
         (patient_id, cmd)
+    }
+
+    /// A registered patient: the chart after registration, the command and its event.
+    pub fn new_patient(&mut self, at: Timestamp) -> Result<(Chart, Command, DomainEvent), DomainError> {
+        let (id, command) = self.register();
+        let mut chart = Chart::new(id);
+        let event = decide_and_apply(&mut chart, command.clone(), at)?;
+        Ok((chart, command, event))
+    }
+
+    /// Clinical history for `chart` (accesses are skipped), decided and applied, for
+    /// as long as `more(chart, steps written so far)` says.
+    pub fn history(
+        &mut self,
+        chart: &mut Chart,
+        at: Timestamp,
+        mut more: impl FnMut(&Chart, usize) -> bool,
+    ) -> Result<Vec<Written>, DomainError> {
+        let mut out = Vec::new();
+        while more(chart, out.len()) {
+            if let Step::Command { command, author_role, .. } = self.step(chart, at) {
+                let event = decide_and_apply(chart, command.clone(), at)?;
+                out.push((author_role, command, event));
+            }
+        }
+        Ok(out)
     }
 
     /// A valid next step for `chart` (which must be registered) at time `now`.
