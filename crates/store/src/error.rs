@@ -51,6 +51,11 @@ pub enum StoreError {
     /// the same append with the same event ids is safe.
     #[error("commit outcome unknown; retry with the same event ids")]
     OutcomeUnknown,
+    /// The append was not written: its batch could not be committed (the database
+    /// connection broke or refused it before the commit). Nothing of it is stored;
+    /// retrying with the same event ids is safe.
+    #[error("the append was not written; retry with the same event ids")]
+    NotWritten,
     /// The operating system's random number generator failed (payload salts are drawn
     /// from it); nothing was written.
     #[error("the operating system's random number generator failed")]
@@ -78,6 +83,7 @@ impl StoreError {
             Self::SigningKeyNotRegistered => "store.signing_key_not_registered",
             Self::Closed => "store.closed",
             Self::OutcomeUnknown => "store.outcome_unknown",
+            Self::NotWritten => "store.not_written",
             Self::RngUnavailable => "store.rng_unavailable",
             Self::TaskFailed => "store.task_failed",
         }

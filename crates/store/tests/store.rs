@@ -1013,7 +1013,9 @@ async fn append_until_acknowledged(
         tries += 1;
         match store.append(s, ExpectedRevision::Any, batch.to_vec()).await {
             Ok(r) => return (r, tries),
-            Err(StoreError::Database(_) | StoreError::OutcomeUnknown) if tries < 2000 => {
+            Err(StoreError::Database(_) | StoreError::NotWritten | StoreError::OutcomeUnknown)
+                if tries < 2000 =>
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Err(e) => panic!("unexpected: {e:?}"),

@@ -120,7 +120,7 @@ pub(super) fn answer_unwritten(batch: Vec<AppendRequest>, plans: Vec<Plan>, head
         let r = match plan {
             Plan::Fail(e) => Err(e),
             Plan::Replay(r) => Ok(AppendResult { head, ..r }),
-            _ => Err(StoreError::Database(sqlx::Error::WorkerCrashed)),
+            _ => Err(StoreError::NotWritten),
         };
         let _ = req.reply.send(r);
     }
@@ -129,7 +129,7 @@ pub(super) fn answer_unwritten(batch: Vec<AppendRequest>, plans: Vec<Plan>, head
 /// Nothing of this batch was written: tell every caller (retrying is safe).
 pub(super) fn fail_all(batch: impl IntoIterator<Item = AppendRequest>) {
     for r in batch {
-        let _ = r.reply.send(Err(StoreError::Database(sqlx::Error::PoolTimedOut)));
+        let _ = r.reply.send(Err(StoreError::NotWritten));
     }
 }
 
@@ -195,10 +195,10 @@ mod tests {
         let (p, mut replies) = planned();
         answer_unwritten(p.batch, p.plans, 7);
         let mut answer = |i: usize| replies[i].try_recv().unwrap();
-        assert_eq!(answer(0).unwrap_err().code(), "store.database");
-        assert_eq!(answer(1).unwrap_err().code(), "store.database", "a replay of an unwritten write");
+        assert_eq!(answer(0).unwrap_err().code(), "store.not_written");
+        assert_eq!(answer(1).unwrap_err().code(), "store.not_written", "a replay of an unwritten write");
         assert_eq!(answer(2).unwrap_err().code(), "store.empty_append");
-        assert_eq!(answer(3).unwrap_err().code(), "store.database");
+        assert_eq!(answer(3).unwrap_err().code(), "store.not_written");
         let replay = answer(4).unwrap();
         assert_eq!((replay.positions, replay.head), (vec![40], 7), "the committed head, not the planned one");
     }
@@ -208,7 +208,7 @@ mod tests {
         let (a, mut ra) = append(stream(1), 1);
         let (b, mut rb) = append(stream(2), 1);
         fail_all(vec![a, b]);
-        assert_eq!(ra.try_recv().unwrap().unwrap_err().code(), "store.database");
-        assert_eq!(rb.try_recv().unwrap().unwrap_err().code(), "store.database");
+        assert_eq!(ra.try_recv().unwrap().unwrap_err().code(), "store.not_written");
+        assert_eq!(rb.try_recv().unwrap().unwrap_err().code(), "store.not_written");
     }
 }
