@@ -69,7 +69,9 @@ pub(crate) const CARE_BACKED: &str = "EXISTS (SELECT 1 FROM ledger_events e \
        AND r.event_type = 'care_team.member_removed' \
        AND convert_from(rp.payload, 'UTF8')::jsonb ->> 'clinician_id' = c.clinician_id::text))";
 
-/// Log a row a decision will not rely on (ids only).
+/// Log a row a decision leaves out and goes on without (ids only). A row that makes a
+/// decision fail is not logged here: it is returned as [`ProjectionError::Unbacked`]
+/// and logged where that error is handled.
 pub(crate) fn unbacked(table: &'static str, patient: Option<Uuid>, subject: Uuid) {
     tracing::warn!(
         table,
@@ -143,8 +145,7 @@ pub(crate) async fn consent_history(
                 (ConsentChange::Recorded { .. }, _) => true,
             };
         if !backed || followed || !chained {
-            unbacked("consents", Some(patient_id), v.consent_id);
-            return Err(ProjectionError::Unbacked { table: "consents" });
+            return Err(ProjectionError::Unbacked { table: "consents", subject: v.consent_id });
         }
         versions.push(v);
     }
@@ -225,9 +226,6 @@ pub(crate) async fn check_user(pool: &PgPool, row: &UserRow, position: u64) -> R
     }
     match fold {
         Some((user, at)) if user == *row && at == position => Ok(()),
-        _ => {
-            unbacked("users", row.patient_id, row.user_id);
-            Err(ProjectionError::Unbacked { table: "users" })
-        }
+        _ => Err(ProjectionError::Unbacked { table: "users", subject: row.user_id }),
     }
 }

@@ -10,8 +10,9 @@ pub enum ProjectionError {
     Stopped,
     #[error("a read-model row is inconsistent: {what}")]
     Corrupt { what: &'static str },
-    #[error("a read-model row of {table} is not accounted for by the ledger")]
-    Unbacked { table: &'static str },
+    /// `subject` is the row's id (a consent or user id: ids, never names).
+    #[error("a read-model row of {table} ({subject}) is not accounted for by the ledger")]
+    Unbacked { table: &'static str, subject: uuid::Uuid },
     #[error("another runner moved the projection's position")]
     PositionMoved,
     #[error("the event at position {position} was written by a newer build; upgrade to project it")]
