@@ -1051,6 +1051,10 @@ fn spawn_writer_killer(
 
 /// Calls `function` (`pg_terminate_backend` or `pg_cancel_backend`) on the writer's
 /// connection every `every` until the flag is set; answers how many calls succeeded.
+/// After a call that hit the writer, the next waits until the ledger's head has moved
+/// (a retried append committed): on a loaded machine a large append can take longer
+/// than `every`, and hitting every attempt would only show that nothing is written
+/// while nothing can finish (the retries ran out under a load average of 6 to 9).
 fn spawn_writer_hitter(
     pool: sqlx::PgPool,
     every: Duration,
@@ -1060,15 +1064,27 @@ fn spawn_writer_hitter(
     let stop2 = stop.clone();
     let killer = tokio::spawn(async move {
         let mut kills = 0;
+        let mut head_at_hit: Option<i64> = None;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(every).await;
+            let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM ledger_events")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+            if head_at_hit == Some(head) {
+                continue;
+            }
             let r: Result<i64, _> = sqlx::query_scalar(&format!(
                 "SELECT count(*) FILTER (WHERE {function}(pid)) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
                  WHERE l.locktype = 'advisory' AND a.datname = current_database() AND a.pid <> pg_backend_pid()"
             ))
             .fetch_one(&pool)
             .await;
-            kills += r.unwrap_or(0);
+            let hit = r.unwrap_or(0);
+            if hit > 0 {
+                head_at_hit = Some(head);
+            }
+            kills += hit;
         }
         kills
     });
