@@ -42,6 +42,11 @@ impl RequestCtx {
         client: ClientInfo,
         declared_purpose: Option<PurposeOfUse>,
     ) -> Self {
+        // A failure to look the session up is handled here: every use of the request
+        // answers `auth.unauthenticated`, so this is where it is logged.
+        if let Err(e) = &principal {
+            e.report();
+        }
         Self {
             principal,
             client,

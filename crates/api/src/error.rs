@@ -41,6 +41,8 @@ pub enum ApiError {
     Internal {
         code: &'static str,
         detail: Option<Arc<str>>,
+        /// Already logged where it was handled once for many answers ([`ApiError::reported`]).
+        logged: bool,
     },
     /// An error async-graphql itself raised (bad cursor, limits), passed through.
     Graphql(async_graphql::Error),
@@ -90,14 +92,14 @@ impl ApiError {
 
     /// An internal failure caused by `err`, whose display is kept as the detail.
     /// Only for errors whose display carries no PHI (the store's, the read models',
-    /// hashing's: codes and positions). Not logged here: see [`ApiError::report`].
+    /// hashing's: codes, ids, positions and SQLSTATEs, never a server's message). Not logged here: see [`ApiError::report`].
     pub fn internal(code: &'static str, err: &dyn std::fmt::Display) -> Self {
-        Self::Internal { code, detail: Some(err.to_string().into()) }
+        Self::Internal { code, detail: Some(err.to_string().into()), logged: false }
     }
 
     /// An internal failure with nothing more to say than its code.
     pub const fn unexpected(code: &'static str) -> Self {
-        Self::Internal { code, detail: None }
+        Self::Internal { code, detail: None, logged: false }
     }
 
     /// What the operator's log gets of an internal failure (PHI-free), if anything.
@@ -112,8 +114,18 @@ impl ApiError {
     /// client (a GraphQL error, an HTTP response, a refused WebSocket connection).
     /// Errors the client caused are not logged (metrics count them by code).
     pub fn report(&self) {
-        if let Self::Internal { code, detail } = self {
+        if let Self::Internal { code, detail, logged: false } = self {
             tracing::error!(code, detail = detail.as_deref().unwrap_or("-"), "internal error");
+        }
+    }
+
+    /// Log now and hand on a copy that is not logged again: for a failure handled once
+    /// for many answers (a batched loader's error reaches every field that asked).
+    pub fn reported(self) -> Self {
+        self.report();
+        match self {
+            Self::Internal { code, detail, .. } => Self::Internal { code, detail, logged: true },
+            other => other,
         }
     }
 }
@@ -150,7 +162,7 @@ impl From<sqlx::Error> for ApiError {
         // A database error's message can quote row values: keep its SQLSTATE only.
         let state = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
         let detail = format!("database error, SQLSTATE {}", state.as_deref().unwrap_or("-"));
-        Self::Internal { code: "db.error", detail: Some(detail.into()) }
+        Self::Internal { code: "db.error", detail: Some(detail.into()), logged: false }
     }
 }
 

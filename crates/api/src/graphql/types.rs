@@ -187,6 +187,7 @@ impl async_graphql::dataloader::Loader<Uuid> for UserNames {
     type Error = ApiError;
 
     async fn load(&self, keys: &[Uuid]) -> Result<std::collections::HashMap<Uuid, String>, ApiError> {
-        Ok(self.0.display_names(keys).await?)
+        // One failed query answers every author field that asked: logged once, here.
+        self.0.display_names(keys).await.map_err(|e| ApiError::from(e).reported())
     }
 }

@@ -62,7 +62,6 @@ pub(super) async fn graphql_ws(
                 let ctx = RequestCtx::new(principal, client, declared_purpose);
                 // The reason is one of our codes; `protocol_close` maps it to 4401/4403.
                 if let Err(e) = ctx.principal() {
-                    e.report();
                     return Err(async_graphql::Error::new(e.code()));
                 }
                 let mut data = Data::default();
