@@ -51,10 +51,12 @@ pub enum StoreError {
     /// the same append with the same event ids is safe.
     #[error("commit outcome unknown; retry with the same event ids")]
     OutcomeUnknown,
-    /// The append was not written: its batch could not be committed (the database
-    /// connection broke or refused it before the commit). Nothing of it is stored;
-    /// retrying with the same event ids is safe.
-    #[error("the append was not written; retry with the same event ids")]
+    /// This attempt did not write the append: its batch failed before the commit (the
+    /// database connection broke or refused it). Retrying with the same event ids is
+    /// safe and needed: an event that an earlier attempt of unknown outcome stored
+    /// replays, the rest is written. Giving up or retrying with new ids can lose or
+    /// duplicate the change.
+    #[error("this attempt did not write the append; retry with the same event ids")]
     NotWritten,
     /// The operating system's random number generator failed (payload salts are drawn
     /// from it); nothing was written.
