@@ -19,7 +19,8 @@ pub enum ProjectionError {
     NewerEvent { position: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
+    /// Shows the SQLSTATE and its class, never the server's message.
+    #[error("database error{}", store::error::database_detail(.0))]
     Database(#[from] sqlx::Error),
 }
 

@@ -93,8 +93,9 @@ impl StoreError {
 }
 
 /// What a database error's message may say: the SQLSTATE and its class for an error the
-/// server reported, the kind of failure otherwise.
-fn database_detail(e: &sqlx::Error) -> String {
+/// server reported, the kind of failure otherwise; never the server's message, which
+/// can quote values. Starts with a space when not empty (`"database error{}"`).
+pub fn database_detail(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(d) => match d.code() {
             Some(code) if is_sqlstate(&code) => format!(" {code} ({})", sqlstate_class(&code)),
